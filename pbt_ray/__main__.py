@@ -1,0 +1,5 @@
+import sys
+
+from pbt_ray.cli import main
+
+sys.exit(main())

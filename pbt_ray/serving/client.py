@@ -1,0 +1,85 @@
+"""One OpenAI-style chat interface for everything that generates text (ARCHITECTURE.md "Contracts").
+
+Works against the debater app's HTTP ingress or any OpenAI-compatible URL. Dialogue code takes a
+``ChatClient`` and never imports vLLM or Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+
+
+class EndpointError(RuntimeError):
+    """The endpoint is unreachable or rejected a request; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    model: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChatClient:
+    def __init__(self, base_url: str, timeout_s: float = 300.0, max_retries: int = 2, api_key: str = "not-needed"):
+        self.base_url = base_url.rstrip("/")
+        # The SDK retries connection errors, 408/409/429 and 5xx with exponential backoff.
+        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
+
+    async def chat(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 80,
+        seed: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        try:
+            response = await self._client.chat.completions.create(
+                model=model,
+                messages=messages,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                seed=seed,
+                extra_body=extra or None,
+            )
+        except openai.APIConnectionError as exc:
+            raise EndpointError(
+                f"Cannot reach the OpenAI endpoint at {self.base_url} ({exc.__class__.__name__}). "
+                "Is the debater app running (`pbt serve`) and is the URL right?"
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise EndpointError(f"{self.base_url} rejected a request to '{model}' (HTTP {exc.status_code}): {_message(exc)}") from exc
+        choice = response.choices[0]
+        usage = response.usage
+        return ChatResult(
+            text=choice.message.content or "",
+            model=response.model,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+
+    async def models(self) -> list[str]:
+        try:
+            return [m.id async for m in self._client.models.list()]
+        except (openai.APIConnectionError, httpx.HTTPError) as exc:
+            raise EndpointError(f"Cannot reach {self.base_url}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body) if isinstance(body, dict) else {}
+    text = error.get("message") if isinstance(error, dict) else None
+    return (text or str(exc)).split(" (Request ID")[0][:500]

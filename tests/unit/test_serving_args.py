@@ -1,0 +1,94 @@
+"""The Serve app's configuration, checked by ray.serve.llm's own models (no cluster needed)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.llm import LLMConfig, LLMServingArgs
+
+from pbt_ray.config import load_config
+from pbt_ray.serving.app import INGRESS_CLS, ServeError, base_url, check_port_free, llm_config_dict, serve_config_file, serving_args
+from pbt_ray.serving.ingress import resolve_alias
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_llm_config_is_valid_and_cpu_shaped():
+    cfg = load_config("local")
+    d = llm_config_dict(cfg.serve.models[0], "/models/smol", {"A": "1"})
+    llm = LLMConfig.model_validate(d)
+    assert llm.model_id == "smollm2-135m-instruct"
+    assert d["accelerator_config"] == {"kind": "cpu"}
+    assert d["placement_group_config"] == {"bundles": [{"CPU": 1.0}]}
+    assert d["engine_kwargs"] | {} == {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True,
+                                       "enable_prefix_caching": True, "trust_remote_code": False}
+    env = d["runtime_env"]["env_vars"]
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["A"] == "1"
+    scaling = d["deployment_config"]["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 1)
+
+
+def test_gpu_llm_configs_are_valid_and_gpu_shaped():
+    cfg = load_config("gpu-paper", ["serve.models.0.accelerator_type=H100", "serve.models.0.tensor_parallel_size=2"])
+    args = serving_args(cfg, resolve=False)
+    parsed = LLMServingArgs.model_validate(args)
+    assert [c.model_id for c in parsed.llm_configs] == ["llama-3.1-8b-instruct", "mistral-7b-instruct-v0.2"]
+    first = args["llm_configs"][0]
+    assert "accelerator_config" not in first and first["accelerator_type"] == "H100"
+    assert first["engine_kwargs"]["tensor_parallel_size"] == 2 and first["engine_kwargs"]["enforce_eager"] is False
+    assert not any(k.startswith("VLLM_CPU") for k in first["runtime_env"]["env_vars"])
+    assert "HF_HUB_OFFLINE" not in first["runtime_env"]["env_vars"]  # hub ids must be downloadable
+    assert args["ingress_cls_config"] == {
+        "ingress_cls": INGRESS_CLS,
+        "ingress_extra_kwargs": {"model_aliases": {"persuader": "llama-3.1-8b-instruct",
+                                                   "persuadee": "mistral-7b-instruct-v0.2",
+                                                   "extractor": "mistral-7b-instruct-v0.2"}},
+    }
+
+
+def test_extra_engine_kwargs_pass_through():
+    cfg = load_config("local", ["serve.models.0.engine_kwargs.max_num_seqs=64"])
+    assert llm_config_dict(cfg.serve.models[0], "/m", {})["engine_kwargs"]["max_num_seqs"] == 64
+
+
+def test_role_aliases():
+    aliases = {"persuader": "llama", "extractor": "mistral"}
+    assert resolve_alias("persuader", aliases) == "llama"
+    assert resolve_alias("extractor:my-adapter", aliases) == "mistral:my-adapter"
+    assert resolve_alias("llama", aliases) == "llama"
+    assert resolve_alias(None, aliases) is None
+
+
+def test_gpu_deployment_file_is_generated_from_the_preset():
+    on_disk = yaml.safe_load((ROOT / "deployments" / "debaters-gpu.yaml").read_text())
+    assert on_disk == serve_config_file(load_config("gpu-paper")), "regenerate: pbt serve -c gpu-paper --print-serve-config"
+
+
+@pytest.mark.parametrize("name", ["debaters-cpu.yaml", "debaters-gpu.yaml"])
+def test_deployment_files_are_valid_serve_configs(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "deployments" / name).read_text()))
+    app = schema.applications[0]
+    assert app.name == "pbt-debaters" and schema.http_options.host == "127.0.0.1"
+    if app.import_path == "ray.serve.llm:build_openai_app":
+        LLMServingArgs.model_validate(app.args)
+    else:
+        assert app.import_path == "pbt_ray.serving.app:build_app"
+        assert load_config(app.args["config"], app.args["overrides"]).serve.app_name == app.name
+
+
+def test_busy_port_is_reported_with_a_fix():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(ServeError, match=rf"Port {port} on 127.0.0.1 is already in use.*serve.port={port + 1}"):
+            check_port_free("127.0.0.1", port)
+
+
+def test_base_url():
+    cfg = load_config("local", ["serve.host=0.0.0.0", "serve.port=8100", "serve.route_prefix=/pbt"])
+    assert base_url(cfg.serve) == "http://127.0.0.1:8100/pbt/v1"
