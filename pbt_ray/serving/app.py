@@ -221,8 +221,12 @@ def wait_ready(cfg: PBTConfig, timeout_s: float | None = None, log=print) -> str
 
 
 def _describe(app_status) -> str:
-    lines = [f"app {app_status.status}: {app_status.message or ''}".rstrip(": ")]
+    lines = [f"app {_name(app_status.status)}" + (f": {app_status.message}" if app_status.message else "")]
     for name, dep in (app_status.deployments or {}).items():
         message = (dep.message or "").strip().splitlines()
-        lines.append(f"  {name}: {dep.status}" + (f" - {message[-1][:300]}" if message else ""))
+        lines.append(f"  {name}: {_name(dep.status)}" + (f" - {message[-1][:300]}" if message else ""))
     return "\n".join(lines)
+
+
+def _name(status) -> str:
+    return str(getattr(status, "value", status))
