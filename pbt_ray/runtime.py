@@ -53,15 +53,23 @@ def cluster_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def quiet_driver_logs(verbose: bool) -> None:
-    """Keep library INFO chatter (ingress options, Triton probing) out of the console unless asked for."""
+def quiet_driver_logs(verbose: bool = False) -> None:
+    """Keep library INFO chatter (deployment options, Triton probing, every HTTP call) off the console.
+
+    Ray Serve and ray.llm (re)configure their loggers when they start, so callers run this again after
+    starting Serve; pbt's own progress goes through ``print`` and is unaffected.
+    """
     import logging
 
-    if verbose:
+    if verbose or os.environ.get("PBT_VERBOSE") == "1":
         return
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    for name in ("ray", "ray.serve", "ray.llm", "ray.data", "ray.train", "vllm"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    noisy = ("ray", "vllm", "httpx", "httpcore", "openai", "urllib3", "filelock")
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in noisy]
+    for name in ["", *noisy, *names]:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

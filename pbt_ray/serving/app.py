@@ -19,7 +19,7 @@ from typing import Any
 
 from pbt_ray.config import PBTConfig, ServedModelConfig, ServeConfig, load_config
 from pbt_ray.models import resolve_model_source
-from pbt_ray.runtime import CPU_ENGINE_ENV, worker_env
+from pbt_ray.runtime import CPU_ENGINE_ENV, quiet_driver_logs, worker_env
 
 INGRESS_CLS = "pbt_ray.serving.ingress:RoleAliasIngress"
 CPU_KV_CACHE_GIB = "1"  # 23k fp32 tokens of SmolLM2: ample for 256 short dialogue turns in flight
@@ -155,7 +155,10 @@ def deploy(cfg: PBTConfig, log=print) -> str:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     names = ", ".join(f"{m.id} ({m.source})" for m in cfg.serve.models)
     log(f"[pbt] deploying Serve app '{cfg.serve.app_name}': {names}; roles {cfg.serve.roles}")
-    _submit(build_openai_app(args), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    quiet_driver_logs(cfg.ray.log_to_driver)
+    app = build_openai_app(args)
+    quiet_driver_logs(cfg.ray.log_to_driver)  # ray.llm configures its loggers while building
+    _submit(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     return base_url(cfg.serve)
 
 

@@ -110,3 +110,12 @@ def test_debate_against_the_running_app(debater_app, capsys):
     assert main(["debate", "--url", url, "--question", "What is the largest ocean on Earth?", "debate.turns=2"]) == 0
     out = capsys.readouterr().out
     assert "[turn 1] persuadee" in out and "[turn 2] persuader" in out
+
+
+def test_readiness_wait_times_out_with_a_clear_message(debater_app):
+    from pbt_ray.serving.app import wait_ready
+
+    cfg, _ = debater_app
+    never = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"app_name": "never-deployed"})})
+    with pytest.raises(ServeError, match=r"not ready within 2 s. Last status:\nnot deployed yet\n.*serve.ready_timeout_s"):
+        wait_ready(never, timeout_s=2, log=lambda _: None)

@@ -87,15 +87,21 @@ def _worker(target: str, src: str, calls: str, delay: float) -> None:
     prepare_converted(Path(target), Path(src), _fake_convert(Path(calls), delay=delay), {}, log=_quiet)
 
 
-def test_two_processes_convert_once(tmp_path):
+def _spawn(tmp_path: Path, delay: float) -> multiprocessing.Process:
+    """A separate process converting tmp_path/model.gguf into tmp_path/cache/m, logging to tmp_path/calls."""
     src = tmp_path / "model.gguf"
-    src.write_bytes(b"w")
+    if not src.exists():
+        src.write_bytes(b"w")
+    args = (str(tmp_path / "cache" / "m"), str(src), str(tmp_path / "calls"), delay)
+    proc = multiprocessing.get_context("spawn").Process(target=_worker, args=args)
+    proc.start()
+    return proc
+
+
+def test_two_processes_convert_once(tmp_path):
     calls = tmp_path / "calls"
     target = tmp_path / "cache" / "m"
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(str(target), str(src), str(calls), 1.0)) for _ in range(2)]
-    for p in procs:
-        p.start()
+    procs = [_spawn(tmp_path, 1.0) for _ in range(2)]
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
@@ -104,13 +110,10 @@ def test_two_processes_convert_once(tmp_path):
 
 
 def test_killed_conversion_never_leaves_a_half_model(tmp_path):
-    src = tmp_path / "model.gguf"
-    src.write_bytes(b"w")
     calls = tmp_path / "calls"
     target = tmp_path / "cache" / "m"
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_worker, args=(str(target), str(src), str(calls), 30.0))
-    proc.start()
+    src = tmp_path / "model.gguf"
+    proc = _spawn(tmp_path, 30.0)
     deadline = time.monotonic() + 30
     while not (calls.exists() and calls.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
