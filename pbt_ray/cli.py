@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -119,7 +120,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return EXIT_NOT_BUILT
     if args.command == "serve":
-        return _serve(cfg, args.print_serve_config)
+        return _serve(cfg, args.print_serve_config, args.config, args.overrides)
     if args.command in ("debate", "run"):
         return _debate(cfg, args.question, getattr(args, "url", None), save=args.command == "run")
     if args.command == "bench":
@@ -140,14 +141,14 @@ def _model(action: str) -> int:
     return 0
 
 
-def _serve(cfg, print_config: bool) -> int:
+def _serve(cfg, print_config: bool, source: str, overrides: list[str]) -> int:
     import yaml
 
     from pbt_ray.runtime import cluster_address, ray_cluster
     from pbt_ray.serving.app import deploy, serve_config_file, wait_ready
 
     if print_config:
-        print(yaml.safe_dump(serve_config_file(cfg), sort_keys=False), end="")
+        print(yaml.safe_dump(serve_config_file(source, overrides), sort_keys=False), end="")
         return 0
     local = cluster_address(cfg.ray) is None
     with ray_cluster(cfg):
@@ -161,7 +162,7 @@ def _serve(cfg, print_config: bool) -> int:
             print(f"The app keeps running on the cluster; remove it with: serve delete {cfg.serve.app_name}")
             return 0
         print("Serving until Ctrl-C.")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` shuts down as cleanly as Ctrl-C
         try:
             while True:
                 time.sleep(3600)
@@ -170,20 +171,24 @@ def _serve(cfg, print_config: bool) -> int:
     return 0
 
 
+def _raise_interrupt(*_args) -> None:
+    raise KeyboardInterrupt
+
+
 def _debate(cfg, question: str | None, url: str | None, save: bool) -> int:
     from pbt_ray.runtime import ray_cluster
     from pbt_ray.serving.app import deploy, wait_ready
 
     if url:
-        turns = asyncio.run(_hold(cfg, url, question))
+        transcript = asyncio.run(_hold(cfg, url, question))
     else:
         with ray_cluster(cfg):
             deploy(cfg)
-            turns = asyncio.run(_hold(cfg, wait_ready(cfg), question))
+            transcript = asyncio.run(_hold(cfg, wait_ready(cfg), question))
     if save:
         out = cfg.run_dir / "debate.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps([t.__dict__ for t in turns], indent=2) + "\n")
+        out.write_text(json.dumps(transcript, indent=2) + "\n")
         print(f"\n[pbt] transcript written to {out}")
     return 0
 
@@ -208,9 +213,10 @@ async def _hold(cfg, url: str, question: str | None):
     print(f"\nQuestion: {question}" + (f"  (gold: {', '.join(gold)})" if gold else ""))
     print(f"Debaters: persuadee = {cfg.serve.roles['persuadee']}, persuader = {cfg.serve.roles['persuader']}\n")
     try:
-        return await hold_debate(question, d.turns, chat, on_turn=lambda t: print(format_turn(t), flush=True))
+        turns = await hold_debate(question, d.turns, chat, on_turn=lambda t: print(format_turn(t), flush=True))
     finally:
         await client.close()
+    return {"question": question, "gold": gold, "roles": cfg.serve.roles, "turns": [dataclasses.asdict(t) for t in turns]}
 
 
 def _bench(cfg, args) -> int:

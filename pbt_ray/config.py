@@ -246,7 +246,7 @@ def _read_source(source: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict[s
 
 def _source_text(source: str) -> tuple[str, str]:
     path = Path(source).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"Config file {path} does not exist. Presets: {', '.join(preset_names())}.")
         return path.read_text(), str(path)

@@ -102,17 +102,19 @@ def build_app(args: dict[str, Any]):
     return build_openai_app(serving_args(cfg))
 
 
-def serve_config_file(cfg: PBTConfig) -> dict[str, Any]:
-    """A Serve config file (``serve run`` / ``serve deploy`` / KubeRay ``serveConfigV2``) for ``cfg``.
+def serve_config_file(source: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A Serve config file (``serve run`` / ``serve deploy`` / KubeRay ``serveConfigV2``) for a pbt config.
 
     Hub-id models are written out in full as ``ray.serve.llm:build_openai_app`` args; a config with an
-    embedded or local model goes through :func:`build_app`, which resolves the path where it runs.
+    embedded or local model goes through :func:`build_app` with the same config source and overrides,
+    which resolves the model path where the app is built.
     """
     from pbt_ray.runtime import all_sources_local
 
+    cfg = load_config(source, list(overrides))
     app: dict[str, Any] = {"name": cfg.serve.app_name, "route_prefix": cfg.serve.route_prefix}
     if all_sources_local(cfg):
-        app.update(import_path="pbt_ray.serving.app:build_app", args={"config": cfg.name, "overrides": []})
+        app.update(import_path="pbt_ray.serving.app:build_app", args={"config": str(source), "overrides": list(overrides)})
     else:
         app.update(import_path="ray.serve.llm:build_openai_app", args=serving_args(cfg, resolve=False))
     return {
@@ -155,9 +157,8 @@ def deploy(cfg: PBTConfig, log=print) -> str:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     names = ", ".join(f"{m.id} ({m.source})" for m in cfg.serve.models)
     log(f"[pbt] deploying Serve app '{cfg.serve.app_name}': {names}; roles {cfg.serve.roles}")
-    quiet_driver_logs(cfg.ray.log_to_driver)
     app = build_openai_app(args)
-    quiet_driver_logs(cfg.ray.log_to_driver)  # ray.llm configures its loggers while building
+    quiet_driver_logs(cfg.ray.log_to_driver)  # Serve and ray.llm configured their loggers just now
     _submit(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     return base_url(cfg.serve)
 

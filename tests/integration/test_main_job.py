@@ -24,6 +24,8 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     positions = [out.index(f"[turn {i}] {role} (smollm2-135m-instruct):") for i, role in
                  [(1, "persuadee"), (2, "persuader"), (3, "persuadee"), (4, "persuader")]]
     assert positions == sorted(positions)
-    turns = json.loads((tmp_path / "local" / "debate.json").read_text())
+    transcript = json.loads((tmp_path / "local" / "debate.json").read_text())
+    assert transcript["question"] == "What is the capital of France?" and transcript["gold"] == ["Paris"]
+    turns = transcript["turns"]
     assert [t["speaker"] for t in turns] == ["persuadee", "persuader", "persuadee", "persuader"]
     assert all(t["text"].strip() for t in turns)

@@ -61,7 +61,16 @@ def test_role_aliases():
 
 def test_gpu_deployment_file_is_generated_from_the_preset():
     on_disk = yaml.safe_load((ROOT / "deployments" / "debaters-gpu.yaml").read_text())
-    assert on_disk == serve_config_file(load_config("gpu-paper")), "regenerate: pbt serve -c gpu-paper --print-serve-config"
+    assert on_disk == serve_config_file("gpu-paper"), "regenerate: pbt serve -c gpu-paper --print-serve-config"
+
+
+def test_local_serve_config_carries_the_config_source_and_overrides(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: local\nname: my-run\n")
+    spec = serve_config_file(str(path), ["serve.models.0.max_replicas=2"])["applications"][0]
+    assert spec["import_path"] == "pbt_ray.serving.app:build_app"
+    assert spec["args"] == {"config": str(path), "overrides": ["serve.models.0.max_replicas=2"]}
+    assert load_config(spec["args"]["config"], spec["args"]["overrides"]).serve.models[0].max_replicas == 2
 
 
 @pytest.mark.parametrize("name", ["debaters-cpu.yaml", "debaters-gpu.yaml"])
