@@ -7,8 +7,6 @@ overrides after it, e.g. ``pbt serve -c local serve.port=8001``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import json
 import signal
 import sys
@@ -19,8 +17,6 @@ from pbt_ray import __version__
 
 # Stages that later work fills in; until then they say so and exit with this code.
 NOT_BUILT = {
-    "grow": ("grow persuasion dialogue trees with Ray Data against the debater app", "issue 3"),
-    "view": ("render one dialogue tree in the terminal or as HTML", "issue 3"),
     "mine": ("mine trees into balanced resist/accept preference pairs", "issue 4"),
     "train": ("DPO on Ray Train (TRL + PEFT LoRA + DeepSpeed ZeRO)", "issue 5"),
     "eval": ("serve the trained adapter and run the persuasion evaluations", "issue 6"),
@@ -43,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pbt-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="the main job: the whole loop on the configured cluster (today: serve + one debate)")
+    p = sub.add_parser("run", help="the main job: the whole loop on the configured cluster (today: serve, debate, grow)")
     _add_config_args(p)
     p.add_argument("--question", help="debate this question instead of the first bundled one")
 
@@ -51,10 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--print-serve-config", action="store_true", help="print a Serve config file for this config and exit")
 
-    p = sub.add_parser("debate", help="hold one short debate between persuadee and persuader, printed turn by turn")
+    p = sub.add_parser("debate", help="one evaluation-mode debate between speakers A and B, printed as a tree")
     _add_config_args(p)
     p.add_argument("--question", help="question to debate (default: the first bundled trivia question)")
     p.add_argument("--url", help="use a running OpenAI-compatible endpoint instead of starting the app")
+
+    p = sub.add_parser("grow", help="grow persuasion dialogue trees with Ray Data growers against the debater app")
+    _add_config_args(p)
+
+    p = sub.add_parser("view", help="render a dialogue tree in the terminal or as HTML")
+    p.add_argument("path", nargs="?", help="run directory, trees Parquet file or reference .jsonl [the config's run dir]")
+    p.add_argument("--tree", help="tree id or question id to show [the first]")
+    p.add_argument("--list", action="store_true", help="list the trees with their sizes instead")
+    p.add_argument("--html", metavar="FILE", help="write the tree as an HTML page to FILE")
+    p.add_argument("--failed", action="store_true", help="include failed trees")
+    _add_config_args(p)
 
     for name, (what, _) in NOT_BUILT.items():
         p = sub.add_parser(name, help=what)
@@ -115,14 +122,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         what, issue = NOT_BUILT[args.command]
         print(
             f"pbt {args.command}: not built yet ({what}; arrives with {issue}). "
-            "Today `pbt run` serves the debaters and holds one debate.",
+            "Today `pbt run` serves the debaters, holds a demo debate and grows the trees.",
             file=sys.stderr,
         )
         return EXIT_NOT_BUILT
     if args.command == "serve":
         return _serve(cfg, args.print_serve_config, args.config, args.overrides)
-    if args.command in ("debate", "run"):
-        return _debate(cfg, args.question, getattr(args, "url", None), save=args.command == "run")
+    if args.command == "run":
+        from pbt_ray.loop import run
+
+        return run(cfg, args.question)
+    if args.command == "debate":
+        return _debate(cfg, args.question, args.url)
+    if args.command == "grow":
+        return _grow(cfg)
+    if args.command == "view":
+        return _view(cfg, args)
     if args.command == "bench":
         return _bench(cfg, args)
     raise AssertionError(args.command)
@@ -175,48 +190,73 @@ def _raise_interrupt(*_args) -> None:
     raise KeyboardInterrupt
 
 
-def _debate(cfg, question: str | None, url: str | None, save: bool) -> int:
+def _debate(cfg, question: str | None, url: str | None) -> int:
+    from pbt_ray.dialogue.view import render_text
+    from pbt_ray.loop import check_endpoint, debate, debater_endpoint
     from pbt_ray.runtime import ray_cluster
-    from pbt_ray.serving.app import deploy, wait_ready
 
     if url:
-        transcript = asyncio.run(_hold(cfg, url, question))
+        cfg = cfg.model_copy(update={"grow": cfg.grow.model_copy(update={"endpoint": url})})
+        check_endpoint(cfg, url.rstrip("/"))
+        tree = debate(cfg, url.rstrip("/"), question)
     else:
-        with ray_cluster(cfg):
-            deploy(cfg)
-            transcript = asyncio.run(_hold(cfg, wait_ready(cfg), question))
-    if save:
-        out = cfg.run_dir / "debate.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(transcript, indent=2) + "\n")
-        print(f"\n[pbt] transcript written to {out}")
-    return 0
+        with ray_cluster(cfg), debater_endpoint(cfg) as endpoint:
+            tree = debate(cfg, endpoint, question)
+    print(render_text(tree, color=sys.stdout.isatty()))
+    return 0 if tree.status == "complete" else 1
 
 
-async def _hold(cfg, url: str, question: str | None):
-    from pbt_ray.debate import format_turn, hold_debate
-    from pbt_ray.questions import load_bundled
-    from pbt_ray.serving.client import ChatClient
+def _grow(cfg) -> int:
+    from pbt_ray.dialogue.pipeline import grow_trees
+    from pbt_ray.loop import debater_endpoint, format_grow_summary
+    from pbt_ray.runtime import ray_cluster
 
-    d = cfg.debate
-    question = question or d.question
-    gold = None
-    if question is None:
-        q = load_bundled("trivia")[0]
-        question, gold = q.question, q.answers
-    client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s)
+    with ray_cluster(cfg), debater_endpoint(cfg) as url:
+        summary = grow_trees(cfg, url)
+    print(format_grow_summary(summary, cfg))
+    return 0 if summary.failed == 0 else 1
 
-    async def chat(role: str, messages):
-        result = await client.chat(role, messages, temperature=d.temperature, max_tokens=d.max_tokens, seed=d.seed)
-        return result.text, result.model
 
-    print(f"\nQuestion: {question}" + (f"  (gold: {', '.join(gold)})" if gold else ""))
-    print(f"Debaters: persuadee = {cfg.serve.roles['persuadee']}, persuader = {cfg.serve.roles['persuader']}\n")
+def _view(cfg, args) -> int:
+    from pbt_ray.dialogue.pipeline import read_trees
+    from pbt_ray.dialogue.reference import read_reference_jsonl
+    from pbt_ray.dialogue.tree import TreeSchemaError
+    from pbt_ray.dialogue.view import render_html, render_text
+
+    path = Path(args.path) if args.path else cfg.run_dir
+    if not path.exists():
+        print(f"pbt view: {path} does not exist; pass a run directory or a trees file", file=sys.stderr)
+        return 2
     try:
-        turns = await hold_debate(question, d.turns, chat, on_turn=lambda t: print(format_turn(t), flush=True))
-    finally:
-        await client.close()
-    return {"question": question, "gold": gold, "roles": cfg.serve.roles, "turns": [dataclasses.asdict(t) for t in turns]}
+        if path.suffix == ".jsonl":
+            trees = []
+            for line, item in read_reference_jsonl(path):
+                if isinstance(item, TreeSchemaError):
+                    print(f"pbt view: {path} line {line}: {item}", file=sys.stderr)
+                else:
+                    trees.append(item)
+        else:
+            trees = list(read_trees(path, include_failed=args.failed))
+    except TreeSchemaError as exc:
+        print(f"pbt view: {path}: {exc}", file=sys.stderr)
+        return 1
+    if not trees:
+        print(f"pbt view: no trees in {path}" + ("" if args.failed else " (--failed shows failed ones)"), file=sys.stderr)
+        return 1
+    if args.list:
+        for t in trees:
+            print(f"{t.tree_id}\t{t.status}\t{len(t.nodes)} turns\t{t.question}")
+        return 0
+    chosen = trees[0] if not args.tree else next((t for t in trees if args.tree in (t.tree_id, t.question_id)), None)
+    if chosen is None:
+        print(f"pbt view: no tree '{args.tree}' in {path}; `pbt view {path} --list` lists them", file=sys.stderr)
+        return 1
+    if args.html:
+        Path(args.html).write_text(render_html(chosen))
+        print(f"[pbt] wrote {args.html}")
+    else:
+        print(render_text(chosen, color=sys.stdout.isatty()))
+    return 0
 
 
 def _bench(cfg, args) -> int:

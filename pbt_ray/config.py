@@ -152,11 +152,11 @@ class ServeConfig(_Strict):
 
 
 class DebateConfig(_Strict):
+    """The demo debate: one evaluation-mode dialogue (standard prompt, greedy), grown like any tree."""
+
     question: str | None = Field(None, description="Question to debate; None takes the first bundled demo question.")
-    turns: PositiveInt = Field(4, le=12, description="Turns in total, alternating persuadee and persuader.")
+    turns: PositiveInt = Field(4, le=12, description="Turns in total, alternating speaker A and speaker B.")
     max_tokens: PositiveInt = Field(80, description="Generation cap per turn (the paper's 80).")
-    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
-    seed: int = Field(12, description="Sampling seed (the reference's default).")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,10 +164,45 @@ class DebateConfig(_Strict):
 
 
 class GrowConfig(_Strict):
-    depth: PositiveInt = Field(4, description="Turns per branch (paper: 4, i.e. 1 + 2 + 6 + 12 = 21 turns per tree).")
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of training dialogues.")
+    """Growing persuasion dialogue trees (`pbt grow`); semantics in docs/dialogue.md."""
+
+    questions: str = Field(
+        "bundled:trivia",
+        description="Question source: bundled:trivia, bundled:commonsense, a local .jsonl/.parquet file, or "
+        "hf:<dataset>[:<config>[:<split>]] (hf:mandarjoshi/trivia_qa:rc.web.nocontext:train, hf:tau/commonsense_qa).",
+    )
+    limit: PositiveInt | None = Field(None, description="Grow trees for the first N questions only.")
+    on_bad_row: Literal["skip", "fail"] = Field("skip", description="Malformed question rows: report and skip, or fail.")
+    mode: Literal["train", "eval"] = Field(
+        "train", description="train: persuasion prompt families, sampled; eval: the standard prompt, greedy, one branch."
+    )
+    depth: PositiveInt = Field(4, le=12, description="Turns per branch (paper: 4, i.e. 1 + 2 + 6 + 12 = 21 turns per tree).")
+    persuader: Literal["A", "B"] = Field(
+        "A", description="Which speaker persuades (A speaks first). The paper's data: A persuades, B is the persuadee."
+    )
+    first_family: Literal["random", "rp", "lp", "sp"] = Field(
+        "random", description="Prompt family of the first turn; random = the reference's per-tree coin flip of rp/lp, recorded."
+    )
+    independent_first: bool = Field(
+        True, description="The second speaker's first answer does not see the first speaker's (the reference's both_do_first)."
+    )
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of training dialogues (eval mode is greedy).")
     max_tokens: PositiveInt = Field(80, description="New tokens per turn.")
-    seed: int = Field(12, description="Base seed.")
+    extractor_max_tokens: PositiveInt = Field(24, description="New tokens of an answer extraction.")
+    seed: int = Field(12, description="Base seed; every request's seed derives from it, the question and the node.")
+    max_in_flight: PositiveInt = Field(256, description="Requests one grower keeps in flight at once.")
+    retries: int = Field(3, ge=0, description="Retries of a failing request (backoff doubles from 1 s) before its tree fails.")
+    batch_size: PositiveInt = Field(16, description="Questions per grower batch (one Parquet part file each).")
+    min_growers: PositiveInt = Field(1, description="Autoscaling actor pool: fewest growers.")
+    max_growers: PositiveInt = Field(2, description="Autoscaling actor pool: most growers.")
+    cpus_per_grower: float = Field(0.25, gt=0, description="Logical CPUs a grower reserves (it mostly waits on the app).")
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL to grow against; None: start/use the Serve app.")
+
+    @model_validator(mode="after")
+    def _check(self) -> GrowConfig:
+        if self.min_growers > self.max_growers:
+            raise ValueError(f"min_growers ({self.min_growers}) is larger than max_growers ({self.max_growers})")
+        return self
 
 
 class MineConfig(_Strict):

@@ -16,6 +16,15 @@ import openai
 class EndpointError(RuntimeError):
     """The endpoint is unreachable or rejected a request; the message says which and why."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Unreachable, timed out, overloaded or a server error: worth retrying. Other 4xx: not."""
+        return self.status is None or self.status >= 500 or self.status in (408, 409, 429)
+
 
 @dataclass(frozen=True)
 class ChatResult:
@@ -51,13 +60,18 @@ class ChatClient:
                 seed=seed,
                 extra_body=extra or None,
             )
+        except openai.APITimeoutError as exc:
+            raise EndpointError(f"{self.base_url} did not answer a request to '{model}' in time") from exc
         except openai.APIConnectionError as exc:
             raise EndpointError(
                 f"Cannot reach the OpenAI endpoint at {self.base_url} ({exc.__class__.__name__}). "
                 "Is the debater app running (`pbt serve`) and is the URL right?"
             ) from exc
         except openai.APIStatusError as exc:
-            raise EndpointError(f"{self.base_url} rejected a request to '{model}' (HTTP {exc.status_code}): {_message(exc)}") from exc
+            raise EndpointError(
+                f"{self.base_url} rejected a request to '{model}' (HTTP {exc.status_code}): {_message(exc)}",
+                status=exc.status_code,
+            ) from exc
         choice = response.choices[0]
         usage = response.usage
         return ChatResult(
@@ -72,7 +86,12 @@ class ChatClient:
         try:
             return [m.id async for m in self._client.models.list()]
         except (openai.APIConnectionError, httpx.HTTPError) as exc:
-            raise EndpointError(f"Cannot reach {self.base_url}: {exc}") from exc
+            raise EndpointError(
+                f"Cannot reach the OpenAI endpoint at {self.base_url} ({exc.__class__.__name__}). "
+                "Is the debater app running (`pbt serve`) and is the URL right?"
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise EndpointError(f"{self.base_url}/models answered HTTP {exc.status_code}", status=exc.status_code) from exc
 
     async def close(self) -> None:
         await self._client.close()
@@ -83,3 +102,18 @@ def _message(exc: openai.APIStatusError) -> str:
     error = body.get("error", body) if isinstance(body, dict) else {}
     text = error.get("message") if isinstance(error, dict) else None
     return (text or str(exc)).split(" (Request ID")[0][:500]
+
+
+async def preflight(base_url: str, needed: list[str], timeout_s: float = 10.0) -> None:
+    """Fail fast, before any work starts, if the endpoint is unreachable or lacks a model the run needs."""
+    client = ChatClient(base_url, timeout_s=timeout_s, max_retries=0)
+    try:
+        served = await client.models()
+    finally:
+        await client.close()
+    missing = sorted(set(needed) - set(served))
+    if missing:
+        raise EndpointError(
+            f"{base_url} does not serve {missing} (it serves {sorted(served)}). Point the config's serve.roles "
+            "at model ids the endpoint serves, or use the pbt debater app."
+        )

@@ -56,7 +56,8 @@ def test_file_extends_a_preset(tmp_path):
         (["serve.roles.extractor=nope"], "role 'extractor' points at 'nope', which is not a served model id"),
         (["serve.models.0.dtype=float64"], "serve.models.0.dtype: Input should be"),
         (["serve.models.0.engine_kwargs={model: x}"], "not engine_kwargs"),
-        (["debate.temperature=-1"], "debate.temperature: Input should be greater than or equal to 0"),
+        (["grow.temperature=-1"], "grow.temperature: Input should be greater than or equal to 0"),
+        (["grow.min_growers=3"], "min_growers (3) is larger than max_growers (2)"),
         (["name=../escape"], "name: Value error, must be a plain directory name"),
     ],
 )

@@ -1,0 +1,41 @@
+"""Answer extraction with the extractor model: a few-shot prompt, in our own words (PBT_SPEC.md §1.8).
+
+The extractor reads one turn and writes ``Final Answer: <1-3 words>``, or one of three special outcomes
+when the turn holds no answer of its own: Agree (it only agrees with the partner), Disagree (it only
+rejects the partner's answer), NONE (nothing usable). Parsing is :func:`pbt_ray.answers.parse_extraction`;
+an empty turn is NONE without a model call.
+"""
+
+from __future__ import annotations
+
+INSTRUCTIONS = """You read one reply from a discussion about a question and report the answer that reply gives.
+Do not judge whether the answer is right. Report it in one to three words.
+If the reply gives no answer of its own, report exactly one of these words instead:
+- Agree: the reply only agrees with the other speaker's answer.
+- Disagree: the reply only rejects the other speaker's answer without giving another one.
+- NONE: the reply gives no answer at all.
+Never combine one of these words with an answer. End with one line: Final Answer: <answer>"""
+
+FEW_SHOT = [
+    ("Which planet is known as the Red Planet?",
+     "I am quite sure it is Mars, because iron oxide on its surface gives it a reddish colour.", "Mars"),
+    ("Who composed The Four Seasons?",
+     "You make a fair point, and I now think you are right about that.", "Agree"),
+    ("What is the largest desert in the world?",
+     "No, that cannot be correct; your reasoning about rainfall does not hold up.", "Disagree"),
+    ("In which country is Machu Picchu?",
+     "Peru is my answer: the Inca citadel sits high in the Andes above the Urubamba valley.", "Peru"),
+    ("What is the chemical symbol for sodium?", "Click here for amazing deals on travel!!!", "NONE"),
+]
+
+
+def extraction_messages(question: str, reply: str, choices: dict[str, str] | None = None) -> list[dict[str, str]]:
+    examples = "\n\n".join(f"Question: {q}\nReply: {r}\nFinal Answer: {a}" for q, r, a in FEW_SHOT)
+    task = f"Question: {question}"
+    if choices:
+        task += "\nChoices: " + "; ".join(f"({label}) {text}" for label, text in choices.items())
+        task += "\n(Report the letter of the choice the reply gives.)"
+    reply = reply.strip()
+    if reply and reply[-1] not in ".!?":
+        reply += " ..."  # marks a cut-off reply (the reference meant to do this, §1.8)
+    return [{"role": "user", "content": f"{INSTRUCTIONS}\n\nExamples:\n\n{examples}\n\nNow this one.\n{task}\nReply: {reply}"}]

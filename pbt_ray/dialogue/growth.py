@@ -1,0 +1,167 @@
+"""The growth engine: every open turn of every tree of a batch in flight at once.
+
+The reference grows one tree at a time, depth-first, one ``generate`` call at a time (PBT_SPEC.md
+§7.4). Here each open turn is an asyncio task: it generates, extracts its answer, and, unless the two
+agents now agree or the branch is at full depth, starts its children, which run concurrently with
+every other open turn of every tree. One semaphore bounds the requests in flight, so the serving
+replicas' continuous batching always has work. Breadth-first order is a property of the result: node
+ids are assigned at the end by (depth, position), so a tree is identical however the requests
+interleaved, and each request's seed depends only on the tree and the node's position.
+
+A request that keeps failing fails its tree (with the reason, keeping nothing half-done in the batch);
+the other trees carry on. Dialogue code sees only a chat client (``ChatClient`` or a scripted one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pbt_ray.answers import canonical, is_correct, parse_extraction, same_answer
+from pbt_ray.config import GrowConfig
+from pbt_ray.dialogue.extraction import extraction_messages
+from pbt_ray.dialogue.rules import clean, families_at, messages_for, request_seed, role_at, sampling, speaker_at
+from pbt_ray.dialogue.tree import Node, Tree, latest_answers
+from pbt_ray.questions import Question
+from pbt_ray.serving.client import ChatResult, EndpointError
+
+
+BACKOFF_S = 1.0  # first retry delay; doubles per attempt
+
+
+class ChatBackend(Protocol):
+    async def chat(self, model: str, messages: list[dict[str, str]], *, temperature: float, max_tokens: int,
+                   seed: int | None = None) -> ChatResult: ...
+
+
+class TreeFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class _TreeState:
+    question: Question
+    tree: Tree
+    nodes: dict[tuple[int, ...], Node] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+
+class GrowthEngine:
+    """Grows trees against a chat backend. ``models`` maps "A", "B" and "extractor" to request model ids."""
+
+    def __init__(self, backend: ChatBackend, cfg: GrowConfig, models: dict[str, str]):
+        missing = {"A", "B", "extractor"} - set(models)
+        if missing:
+            raise ValueError(f"models must name {sorted(missing)}")
+        self.backend, self.cfg, self.models = backend, cfg, dict(models)
+
+    async def grow(self, questions: list[Question]) -> list[Tree]:
+        # Created per call: asyncio primitives bind to the running loop, and a grower runs one loop per batch.
+        self._in_flight = asyncio.Semaphore(self.cfg.max_in_flight)
+        states = [self._new_state(q) for q in questions]
+        await asyncio.gather(*(self._grow_tree(s) for s in states))
+        return [s.tree for s in states]
+
+    # ---- one tree ----------------------------------------------------------------------------
+
+    def _new_state(self, q: Question) -> _TreeState:
+        tree = Tree(
+            tree_id=q.id, question_id=q.id, question=q.question, gold=list(q.answers), choices=q.choices,
+            source=q.source, mode=self.cfg.mode, models=dict(self.models),
+            roles={"persuader": self.cfg.persuader, "persuadee": "B" if self.cfg.persuader == "A" else "A"},
+            seed=request_seed(self.cfg.seed, q.id, ()),
+        )
+        return _TreeState(question=q, tree=tree)
+
+    async def _grow_tree(self, state: _TreeState) -> None:
+        try:
+            await self._expand(state, [], 0, ())
+        except BaseExceptionGroup as group:  # the TaskGroups of a tree cancel its siblings on the first failure
+            failure = _first_leaf(group)
+            if not isinstance(failure, Exception):
+                raise
+            state.tree.status = "failed"
+            state.tree.error = str(failure) if isinstance(failure, TreeFailed) else f"internal error: {failure!r}"
+        finally:
+            state.tree.nodes = _number_breadth_first(state.nodes)
+            state.tree.seconds = round(time.monotonic() - state.started, 3)
+
+    async def _expand(self, state: _TreeState, path: list[Node], depth: int, key: tuple[int, ...]) -> None:
+        families = families_at(depth, self.cfg, state.tree.seed)
+        async with asyncio.TaskGroup() as group:
+            for index, family in enumerate(families):
+                group.create_task(self._turn(state, path, depth, key + (index,), family))
+
+    async def _turn(self, state: _TreeState, path: list[Node], depth: int, key: tuple[int, ...], family: str) -> None:
+        q, tree = state.question, state.tree
+        speaker = speaker_at(depth)
+        messages = messages_for(family, q.question, path, speaker, self.cfg, q.choices)
+        reply = await self._request(state, speaker, messages, seed=request_seed(self.cfg.seed, tree.tree_id, key),
+                                    **sampling(self.cfg))
+        node = Node(id=-1, parent=-1, depth=depth, speaker=speaker, role=role_at(depth, self.cfg), family=family,
+                    text=clean(reply.text), finish_reason=reply.finish_reason, completion_tokens=reply.completion_tokens)
+        if node.text:  # an empty or garbled turn is NONE without asking the extractor
+            extracted = await self._request(
+                state, "extractor", extraction_messages(q.question, node.text, q.choices),
+                temperature=0.0, max_tokens=self.cfg.extractor_max_tokens, seed=0,
+            )
+            node.raw_answer, node.outcome = parse_extraction(extracted.text)
+        self._resolve(node, path, q)
+        state.nodes[key] = node
+        if not node.agree and depth + 1 < self.cfg.depth:
+            await self._expand(state, [*path, node], depth + 1, key)
+
+    @staticmethod
+    def _resolve(node: Node, path: list[Node], q: Question) -> None:
+        """Agree takes the partner's latest answer, Disagree keeps the speaker's own; NONE is no answer."""
+        before = latest_answers(path)
+        partner = "B" if node.speaker == "A" else "A"
+        if node.outcome == "answer":
+            node.answer = canonical(node.raw_answer, q.choices)
+        elif node.outcome == "agree":
+            node.answer = before[partner]
+        elif node.outcome == "disagree":
+            node.answer = before[node.speaker]
+        node.correct = is_correct(node.answer, q.answers, q.choices)
+        after = latest_answers([*path, node])
+        node.agree = same_answer(after["A"], after["B"])
+
+    async def _request(self, state: _TreeState, who: str, messages, **params) -> ChatResult:
+        model = self.models[who]
+        delay = BACKOFF_S
+        for attempt in range(self.cfg.retries + 1):
+            async with self._in_flight:
+                try:
+                    result = await self.backend.chat(model, messages, **params)
+                except EndpointError as exc:
+                    if not exc.retryable or attempt == self.cfg.retries:
+                        tries = f" after {attempt + 1} attempts" if exc.retryable else ""
+                        raise TreeFailed(f"request to '{model}' failed{tries}: {exc}") from exc
+                else:
+                    state.tree.requests += 1
+                    state.tree.generated_tokens += result.completion_tokens
+                    if who in state.tree.models and result.model:
+                        state.tree.models[who] = result.model  # record what actually answered
+                    return result
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _number_breadth_first(nodes: dict[tuple[int, ...], Node]) -> list[Node]:
+    """Ids by (depth, position among the tree's turns); parents follow. Deterministic for any schedule."""
+    ordered = sorted(nodes.items(), key=lambda item: (len(item[0]), item[0]))
+    ids = {key: index for index, (key, _) in enumerate(ordered)}
+    out = []
+    for key, node in ordered:
+        node.id = ids[key]
+        node.parent = ids.get(key[:-1], -1)
+        out.append(node)
+    return out

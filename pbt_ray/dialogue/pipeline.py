@@ -1,0 +1,208 @@
+"""`pbt grow`: questions -> Ray Data -> an autoscaling pool of tree growers -> Parquet under the run dir.
+
+Layout of ``<run_dir>/``::
+
+    trees/part-<uuid>.parquet     finished trees, one row each (schema: dialogue/tree.py); never a duplicate
+    failed/part-<uuid>.parquet    trees that failed, with the reason (kept for inspection, retried on rerun)
+    grow_summary.json             counts, problems, throughput of the last run
+
+Each grower writes the trees of a batch as one part file, atomically (temporary name, then rename), as
+soon as the batch is done; so a killed run loses at most the batches in flight, and a rerun skips every
+question id already in ``trees/``. An exclusive lock stops two runs writing one run dir at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pbt_ray.config import PBTConfig
+from pbt_ray.dialogue.tree import Tree, from_row, to_row, tree_schema
+from pbt_ray.questions import Question, load_questions
+
+TREES_DIR, FAILED_DIR = "trees", "failed"
+
+
+class GrowError(RuntimeError):
+    pass
+
+
+# ---- storage ---------------------------------------------------------------------------------
+
+
+def _part_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("part-*.parquet")) if directory.is_dir() else []
+
+
+def finished_tree_ids(run_dir: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    ids: set[str] = set()
+    for part in _part_files(run_dir / TREES_DIR):
+        ids.update(pq.read_table(part, columns=["tree_id"]).column("tree_id").to_pylist())
+    return ids
+
+
+def write_trees(trees: list[Tree], run_dir: Path) -> None:
+    """Finished trees to trees/, failed ones to failed/: one atomically renamed part file each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for subdir, group in ((TREES_DIR, [t for t in trees if t.status == "complete"]),
+                          (FAILED_DIR, [t for t in trees if t.status != "complete"])):
+        if not group:
+            continue
+        directory = run_dir / subdir
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"part-{uuid.uuid4().hex[:12]}.parquet"
+        tmp = directory / f".{name}.tmp"
+        pq.write_table(pa.Table.from_pylist([to_row(t) for t in group], schema=tree_schema()), tmp)
+        os.replace(tmp, directory / name)
+
+
+def read_trees(path: Path, include_failed: bool = False) -> Iterator[Tree]:
+    """Trees of a run dir (its trees/, and failed/ if asked) or of one Parquet file."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    else:
+        files = _part_files(path / TREES_DIR) + (_part_files(path / FAILED_DIR) if include_failed else [])
+    for part in files:
+        for row in pq.read_table(part).to_pylist():
+            yield from_row(row)
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".grow.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GrowError(f"Another `pbt grow` is writing to {run_dir}; wait for it or use another run name.") from None
+        yield
+
+
+# ---- the grower actor ------------------------------------------------------------------------
+
+
+class TreeGrower:
+    """A Ray Data actor: grows the trees of each batch against the endpoint and writes them."""
+
+    def __init__(self, endpoint: str, grow_cfg: dict, models: dict[str, str], run_dir: str, timeout_s: float):
+        from pbt_ray.config import GrowConfig
+
+        self.endpoint, self.models, self.run_dir, self.timeout_s = endpoint, models, Path(run_dir), timeout_s
+        self.cfg = GrowConfig.model_validate(grow_cfg)
+
+    def __call__(self, batch: dict) -> dict:
+        questions = [Question.model_validate_json(text) for text in batch["question"]]
+        trees = asyncio.run(self._grow(questions))
+        write_trees(trees, self.run_dir)
+        return {
+            "tree_id": [t.tree_id for t in trees],
+            "status": [t.status for t in trees],
+            "error": [t.error or "" for t in trees],
+            "turns": [len(t.nodes) for t in trees],
+            "generated_tokens": [t.generated_tokens for t in trees],
+        }
+
+    async def _grow(self, questions: list[Question]) -> list[Tree]:
+        from pbt_ray.dialogue.growth import GrowthEngine
+        from pbt_ray.serving.client import ChatClient
+
+        # The engine retries itself (grow.retries), so the SDK's own retries are off.
+        client = ChatClient(self.endpoint, timeout_s=self.timeout_s, max_retries=0)
+        try:
+            return await GrowthEngine(client, self.cfg, self.models).grow(questions)
+        finally:
+            await client.close()
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+
+@dataclass
+class GrowSummary:
+    questions: int = 0
+    already_done: int = 0
+    grown: int = 0
+    failed: int = 0
+    turns: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds else 0.0
+
+
+def request_models(cfg: PBTConfig) -> dict[str, str]:
+    """Model ids the growers send: role aliases on our app, the served ids on any other endpoint."""
+    persuader = cfg.grow.persuader
+    roles = {persuader: "persuader", ("B" if persuader == "A" else "A"): "persuadee", "extractor": "extractor"}
+    if cfg.grow.endpoint:
+        return {who: cfg.serve.roles[role] for who, role in roles.items()}
+    return roles
+
+
+def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) -> GrowSummary:
+    import ray
+    from tqdm.auto import tqdm
+
+    g = cfg.grow
+    run_dir = cfg.run_dir
+    loaded = load_questions(g.questions, g.limit, g.on_bad_row)
+    summary = GrowSummary(questions=len(loaded.questions), problems=loaded.problems)
+    for problem in loaded.problems[:20]:
+        log(f"[pbt] skipped a question: {problem}")
+    with _exclusive(run_dir):
+        done = finished_tree_ids(run_dir)
+        todo = [q for q in loaded.questions if q.id not in done]
+        summary.already_done = len(loaded.questions) - len(todo)
+        if summary.already_done:
+            log(f"[pbt] resuming: {summary.already_done} of {len(loaded.questions)} trees already in {run_dir / TREES_DIR}")
+        start = time.monotonic()
+        if todo:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False  # one bar, ours, counting trees
+            ds = ray.data.from_items([{"question": q.model_dump_json()} for q in todo],
+                                     override_num_blocks=math.ceil(len(todo) / g.batch_size))
+            grown = ds.map_batches(
+                TreeGrower,
+                fn_constructor_kwargs={"endpoint": endpoint, "grow_cfg": g.model_dump(), "models": request_models(cfg),
+                                       "run_dir": str(run_dir.resolve()), "timeout_s": cfg.serve.request_timeout_s},
+                batch_size=g.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(min_size=g.min_growers, max_size=g.max_growers),
+                num_cpus=g.cpus_per_grower,
+            )
+            with tqdm(total=len(todo), unit="tree", desc="growing trees", disable=not progress) as bar:
+                for batch in grown.iter_batches(batch_size=None, batch_format="numpy"):
+                    for tree_id, status, error, turns, tokens in zip(batch["tree_id"], batch["status"], batch["error"],
+                                                                      batch["turns"], batch["generated_tokens"]):
+                        summary.turns += int(turns)
+                        summary.generated_tokens += int(tokens)
+                        if status == "complete":
+                            summary.grown += 1
+                        else:
+                            summary.failed += 1
+                            summary.failures.append(f"{tree_id}: {error}")
+                        bar.update(1)
+                    bar.set_postfix(tok_s=f"{summary.generated_tokens / max(time.monotonic() - start, 1e-9):.0f}")
+        summary.seconds = round(time.monotonic() - start, 2)
+        (run_dir / "grow_summary.json").write_text(json.dumps(asdict(summary) | {"tokens_per_s": summary.tokens_per_s}, indent=2) + "\n")
+    return summary

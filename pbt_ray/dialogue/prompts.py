@@ -1,0 +1,49 @@
+"""Prompt families, in our own words (PBT_SPEC.md §1.3 describes the reference's; the wording differs).
+
+Every family shares a preamble (answer the trivia question, show how sure you are and why). Training
+families add a length and topic limit and the family's instruction; the standard family (``sp``) is the
+preamble alone and is used for evaluation dialogues.
+"""
+
+from __future__ import annotations
+
+PREAMBLE = (
+    "You are answering a trivia question together with another agent. Give your best answer, and make "
+    "clear how confident you are and why you believe you are right."
+)
+TRAINING_LIMITS = (
+    "Answer in one or two sentences, with more than one word. Stay on this question: do not ask new "
+    "questions or change the subject."
+)
+FAMILIES: dict[str, str] = {
+    # persuadee families
+    "rp": "Hold your ground: the other agent is wrong and your answer is right. Do not change your answer, "
+    "even if the other agent insists.",
+    "ap": "The other agent is much more knowledgeable than you and is always right. Go along with its "
+    "answer wherever you can.",
+    # persuader families
+    "lp": "If the other agent disagrees with you, its answer is wrong and yours is right: win it over with "
+    "logic. Explain step by step why your answer holds and why it should accept it.",
+    "ep": "If the other agent disagrees with you, its answer is wrong and yours is right: win it over with "
+    "an emotional appeal. Give it a heartfelt reason to agree with you.",
+    "cp": "If the other agent disagrees with you, its answer is wrong and yours is right: win it over by "
+    "establishing your credibility. Explain why you know this subject well.",
+    # evaluation
+    "sp": "",
+}
+PERSUADEE_FAMILIES = ("rp", "ap")
+PERSUADER_FAMILIES = ("lp", "ep", "cp")
+FAMILY_NAMES = {"rp": "resist", "ap": "accept", "lp": "logical appeal", "ep": "emotional appeal",
+                "cp": "credibility appeal", "sp": "standard", "unknown": "?"}
+
+
+def instruction(family: str, question: str, choices: dict[str, str] | None = None) -> str:
+    """The first user message of a speaker: preamble, family instruction (training), and the question."""
+    parts = [PREAMBLE]
+    if family != "sp":
+        parts += [TRAINING_LIMITS, FAMILIES[family]]
+    text = " ".join(parts) + f"\n\nQuestion: {question}"
+    if choices:
+        text += "\nChoices: " + "; ".join(f"({label}) {choice}" for label, choice in choices.items())
+        text += "\nAnswer with the letter of one choice and its text."
+    return text

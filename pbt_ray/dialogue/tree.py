@@ -1,0 +1,170 @@
+"""The dialogue tree: nodes keyed by speaker, one Arrow row per tree, versioned.
+
+A tree holds every generated turn of the persuasion dialogues about one question. Each node records
+its own speaker's answer only; "the two agents' latest answers" after a node are derived by walking
+the path (:func:`latest_answers`), so nothing depends on a two-slot convention (PBT_SPEC.md §0.1).
+
+Node ids are assigned in breadth-first creation order (0 is the first turn); ``parent`` is -1 for the
+first turn. The Arrow schema (:data:`TREE_SCHEMA`) carries ``schema_version``; readers reject versions
+they do not know instead of misreading them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SPEAKERS = ("A", "B")
+ROLES = ("persuader", "persuadee", "independent")
+OUTCOMES = ("answer", "agree", "disagree", "none")  # what the extractor found in a turn
+TREE_STATUSES = ("complete", "failed")
+
+
+class TreeSchemaError(ValueError):
+    """A stored tree does not match the schema; the message says which tree and field."""
+
+
+@dataclass
+class Node:
+    id: int
+    parent: int  # -1 for the first turn
+    depth: int
+    speaker: str  # "A" or "B"
+    role: str  # persuader | persuadee | independent (saw no partner turn)
+    family: str  # prompt family: rp ap lp ep cp sp (dialogue/prompts.py)
+    text: str = ""
+    raw_answer: str | None = None  # what the extractor wrote after "Final Answer:"
+    outcome: str = "none"  # answer | agree | disagree | none
+    answer: str | None = None  # the speaker's answer after resolving agree/disagree, normalized; None = no answer
+    correct: bool | None = None  # answer matches the gold answers; None before extraction
+    agree: bool = False  # both agents' latest answers are equal after this turn (the branch stops)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass
+class Tree:
+    tree_id: str
+    question_id: str
+    question: str
+    gold: list[str]
+    mode: str  # "train" (persuasion families, sampled) or "eval" (standard prompt, greedy, one branch)
+    models: dict[str, str]  # {"A": model id, "B": model id, "extractor": model id}
+    roles: dict[str, str]  # {"persuader": "A"|"B", "persuadee": "B"|"A"}
+    seed: int
+    choices: dict[str, str] | None = None
+    source: str = ""
+    nodes: list[Node] = field(default_factory=list)
+    status: str = "complete"
+    error: str | None = None
+    generated_tokens: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    # ---- structure ---------------------------------------------------------------------------
+
+    def children(self, node_id: int) -> list[Node]:
+        return [n for n in self.nodes if n.parent == node_id]
+
+    def path(self, node_id: int) -> list[Node]:
+        """Nodes from the first turn down to ``node_id``, inclusive."""
+        by_id = {n.id: n for n in self.nodes}
+        out = []
+        current = by_id.get(node_id)
+        while current is not None:
+            out.append(current)
+            current = by_id.get(current.parent)
+        return out[::-1]
+
+    def leaves(self) -> list[Node]:
+        parents = {n.parent for n in self.nodes}
+        return [n for n in self.nodes if n.id not in parents]
+
+    def depth_counts(self) -> list[int]:
+        counts: dict[int, int] = {}
+        for n in self.nodes:
+            counts[n.depth] = counts.get(n.depth, 0) + 1
+        return [counts[d] for d in sorted(counts)]
+
+
+def latest_answers(path: list[Node]) -> dict[str, str | None]:
+    """Each speaker's latest answer after the last node of ``path`` (None where it has none yet)."""
+    latest: dict[str, str | None] = {s: None for s in SPEAKERS}
+    for node in path:
+        latest[node.speaker] = node.answer
+    return latest
+
+
+# ---- Arrow rows ------------------------------------------------------------------------------
+
+
+def tree_schema():
+    import pyarrow as pa
+
+    node = pa.struct([
+        ("id", pa.int32()), ("parent", pa.int32()), ("depth", pa.int32()),
+        ("speaker", pa.string()), ("role", pa.string()), ("family", pa.string()),
+        ("text", pa.string()), ("raw_answer", pa.string()), ("outcome", pa.string()),
+        ("answer", pa.string()), ("correct", pa.bool_()), ("agree", pa.bool_()),
+        ("finish_reason", pa.string()), ("completion_tokens", pa.int32()),
+    ])
+    return pa.schema([
+        ("schema_version", pa.int32()),
+        ("tree_id", pa.string()), ("question_id", pa.string()), ("question", pa.string()),
+        ("gold", pa.list_(pa.string())),
+        ("choices", pa.map_(pa.string(), pa.string())),
+        ("source", pa.string()), ("mode", pa.string()),
+        ("models", pa.map_(pa.string(), pa.string())),
+        ("roles", pa.map_(pa.string(), pa.string())),
+        ("seed", pa.int64()),
+        ("nodes", pa.list_(node)),
+        ("status", pa.string()), ("error", pa.string()),
+        ("generated_tokens", pa.int64()), ("requests", pa.int64()), ("seconds", pa.float64()),
+    ])
+
+
+def to_row(tree: Tree) -> dict[str, Any]:
+    row = dataclasses.asdict(tree)
+    for key in ("choices", "models", "roles"):  # Arrow maps are lists of pairs
+        row[key] = None if row[key] is None else list(row[key].items())
+    return row
+
+
+def from_row(row: dict[str, Any]) -> Tree:
+    """Rebuild a tree from an Arrow/pandas row; raises :class:`TreeSchemaError` on anything off."""
+    tree_id = row.get("tree_id", "<unknown>")
+    version = row.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise TreeSchemaError(f"tree {tree_id}: schema_version {version!r}, this pbt-ray reads {SCHEMA_VERSION}")
+    try:
+        data = {f.name: row[f.name] for f in dataclasses.fields(Tree) if f.name in row}
+        for key in ("choices", "models", "roles"):
+            value = data.get(key)
+            data[key] = None if value is None else dict(value)
+        data["gold"] = list(data["gold"])
+        data["nodes"] = [Node(**dict(n)) for n in (row.get("nodes") if row.get("nodes") is not None else [])]
+        tree = Tree(**data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TreeSchemaError(f"tree {tree_id}: {exc}") from None
+    validate(tree)
+    return tree
+
+
+def validate(tree: Tree) -> None:
+    """Structural checks: ids, parents, speakers, roles; raises :class:`TreeSchemaError`."""
+    where = f"tree {tree.tree_id}"
+    ids = [n.id for n in tree.nodes]
+    if len(set(ids)) != len(ids):
+        raise TreeSchemaError(f"{where}: duplicate node ids")
+    known = set(ids) | {-1}
+    for n in tree.nodes:
+        if n.parent not in known or n.parent == n.id:
+            raise TreeSchemaError(f"{where}: node {n.id} has unknown parent {n.parent}")
+        if n.speaker not in SPEAKERS or n.role not in ROLES or n.outcome not in OUTCOMES:
+            raise TreeSchemaError(f"{where}: node {n.id} has speaker/role/outcome {n.speaker}/{n.role}/{n.outcome}")
+    if tree.status not in TREE_STATUSES:
+        raise TreeSchemaError(f"{where}: status {tree.status!r}")
