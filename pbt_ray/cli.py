@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-tokens", type=int, default=64, help="generated tokens per request [64]")
     b.add_argument("--rounds", type=int, default=3, help="measured rounds per level; the median is reported [3]")
     b.add_argument("--output", help="also write the results as JSON to this file")
+    b = bench.add_parser("grow", help="tree growth vs. a flat batch of its requests vs. reference-style growth")
+    _add_config_args(b)
+    b.add_argument("--questions", type=int, default=16, help="trees grown by (a), (b) and the pipelines [16]")
+    b.add_argument("--reference-questions", type=int, default=2, help="trees grown one request at a time by (c) [2]")
+    b.add_argument("--output", help="also write the results as JSON to this file")
     return parser
 
 
@@ -261,6 +266,14 @@ def _view(cfg, args) -> int:
 
 def _bench(cfg, args) -> int:
     from pbt_ray.serving.bench import run_serve_bench
+
+    if args.bench == "grow":
+        from pbt_ray.dialogue.bench import run_grow_bench, write_result
+
+        result = run_grow_bench(cfg, args.questions, args.reference_questions)
+        if args.output:
+            write_result(result, args.output)
+        return 0
 
     try:
         levels = [int(x) for x in args.concurrency.split(",") if x.strip()]

@@ -192,7 +192,10 @@ class GrowConfig(_Strict):
     seed: int = Field(12, description="Base seed; every request's seed derives from it, the question and the node.")
     max_in_flight: PositiveInt = Field(256, description="Requests one grower keeps in flight at once.")
     retries: int = Field(3, ge=0, description="Retries of a failing request (backoff doubles from 1 s) before its tree fails.")
-    batch_size: PositiveInt = Field(16, description="Questions per grower batch (one Parquet part file each).")
+    batch_size: PositiveInt = Field(
+        4, description="Questions per batch: one Parquet part file, one step of the progress bar. A grower runs "
+        "4 batches at once, all turns sharing its in-flight bound."
+    )
     min_growers: PositiveInt = Field(1, description="Autoscaling actor pool: fewest growers.")
     max_growers: PositiveInt = Field(2, description="Autoscaling actor pool: most growers.")
     cpus_per_grower: float = Field(0.25, gt=0, description="Logical CPUs a grower reserves (it mostly waits on the app).")

@@ -92,6 +92,12 @@ def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
         return
 
     os.environ.update({k: v for k, v in {**LOCAL_CLUSTER_ENV, **env}.items() if k not in os.environ})
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        # Ray reads this variable into a constant when it is first imported, which may have happened before
+        # we set it (the processes it spawns read the environment afresh): correct the driver's copy.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     # Unix socket paths are limited to 107 bytes, so keep the temp dir short (not under a deep $TMPDIR).
     temp_dir = tempfile.mkdtemp(prefix="pbt-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     # Logical CPUs, not cores: one CPU engine replica holds 2 (its Serve actor and its engine bundle) and the

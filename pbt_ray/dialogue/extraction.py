@@ -1,12 +1,17 @@
 """Answer extraction with the extractor model: a few-shot prompt, in our own words (PBT_SPEC.md §1.8).
 
-The extractor reads one turn and writes ``Final Answer: <1-3 words>``, or one of three special outcomes
-when the turn holds no answer of its own: Agree (it only agrees with the partner), Disagree (it only
-rejects the partner's answer), NONE (nothing usable). Parsing is :func:`pbt_ray.answers.parse_extraction`;
-an empty turn is NONE without a model call.
+The extractor reads one turn and completes ``Final Answer: <1-3 words>``, or one of three special
+outcomes when the turn holds no answer of its own: Agree (it only agrees with the partner), Disagree (it
+only rejects the partner's answer), NONE (nothing usable). The few-shot examples are earlier chat turns
+and the answer line is prefilled, which keeps even small models on format. Parsing is
+:func:`pbt_ray.answers.parse_extraction`; an empty turn is NONE without a model call.
 """
 
 from __future__ import annotations
+
+import re
+
+from pbt_ray.answers import parse_extraction
 
 INSTRUCTIONS = """You read one reply from a discussion about a question and report the answer that reply gives.
 Do not judge whether the answer is right. Report it in one to three words.
@@ -29,8 +34,19 @@ FEW_SHOT = [
 ]
 
 
+PREFILL = "Final Answer:"
+# vLLM chat-completions options that make the model continue the prefilled assistant turn, and stop at the
+# end of the answer line. Small models otherwise ramble or echo the examples.
+REQUEST_OPTIONS = {"continue_final_message": True, "add_generation_prompt": False, "stop": ["\n"]}
+MAX_ANSWER_WORDS = 8  # longer "answers" are the model rambling, not an answer: NONE
+
+
 def extraction_messages(question: str, reply: str, choices: dict[str, str] | None = None) -> list[dict[str, str]]:
-    examples = "\n\n".join(f"Question: {q}\nReply: {r}\nFinal Answer: {a}" for q, r, a in FEW_SHOT)
+    """System instructions, the few-shot examples as earlier turns, then the reply and a prefilled answer."""
+    messages = [{"role": "system", "content": INSTRUCTIONS}]
+    for q, r, a in FEW_SHOT:
+        messages += [{"role": "user", "content": f"Question: {q}\nReply: {r}"},
+                     {"role": "assistant", "content": f"{PREFILL} {a}"}]
     task = f"Question: {question}"
     if choices:
         task += "\nChoices: " + "; ".join(f"({label}) {text}" for label, text in choices.items())
@@ -38,4 +54,21 @@ def extraction_messages(question: str, reply: str, choices: dict[str, str] | Non
     reply = reply.strip()
     if reply and reply[-1] not in ".!?":
         reply += " ..."  # marks a cut-off reply (the reference meant to do this, §1.8)
-    return [{"role": "user", "content": f"{INSTRUCTIONS}\n\nExamples:\n\n{examples}\n\nNow this one.\n{task}\nReply: {reply}"}]
+    messages += [{"role": "user", "content": f"{task}\nReply: {reply}"}, {"role": "assistant", "content": PREFILL}]
+    return messages
+
+
+# "(No,) the answer (to this question) is X" -> X: extractors, small ones especially, often copy the clause.
+_ANSWER_CLAUSE = re.compile(r"^(?:.*?\b)?(?:the\s+)?(?:correct\s+|final\s+)?answer(?:\s+to\s+[^,]*?)?\s+is\s*:?\s+(?!not\b)(.+)$", re.I)
+
+
+def parse(continuation: str) -> tuple[str | None, str]:
+    """(raw answer, outcome) from the model's continuation of the prefilled ``Final Answer:``."""
+    raw, outcome = parse_extraction(PREFILL + " " + continuation.strip())
+    if outcome == "answer" and raw is not None:
+        clause = _ANSWER_CLAUSE.match(raw)
+        if clause:
+            raw = clause.group(1).strip(" .\"'")
+        if not raw or len(raw.split()) > MAX_ANSWER_WORDS:
+            return None, "none"
+    return raw, outcome

@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pbt_ray.answers import canonical, is_correct, parse_extraction, same_answer
+from pbt_ray.answers import canonical, is_correct, same_answer
 from pbt_ray.config import GrowConfig
+from pbt_ray.dialogue import extraction
 from pbt_ray.dialogue.extraction import extraction_messages
 from pbt_ray.dialogue.rules import clean, families_at, messages_for, request_seed, role_at, sampling, speaker_at
 from pbt_ray.dialogue.tree import Node, Tree, latest_answers
@@ -33,7 +34,7 @@ BACKOFF_S = 1.0  # first retry delay; doubles per attempt
 
 class ChatBackend(Protocol):
     async def chat(self, model: str, messages: list[dict[str, str]], *, temperature: float, max_tokens: int,
-                   seed: int | None = None) -> ChatResult: ...
+                   seed: int | None = None, extra: dict | None = None) -> ChatResult: ...
 
 
 class TreeFailed(RuntimeError):
@@ -56,10 +57,14 @@ class GrowthEngine:
         if missing:
             raise ValueError(f"models must name {sorted(missing)}")
         self.backend, self.cfg, self.models = backend, cfg, dict(models)
+        self._in_flight: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def grow(self, questions: list[Question]) -> list[Tree]:
-        # Created per call: asyncio primitives bind to the running loop, and a grower runs one loop per batch.
-        self._in_flight = asyncio.Semaphore(self.cfg.max_in_flight)
+        """Grow one tree per question. Concurrent calls on one loop share the in-flight bound."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # asyncio primitives belong to the loop they were first used on
+            self._in_flight, self._loop = asyncio.Semaphore(self.cfg.max_in_flight), loop
         states = [self._new_state(q) for q in questions]
         await asyncio.gather(*(self._grow_tree(s) for s in states))
         return [s.tree for s in states]
@@ -105,9 +110,9 @@ class GrowthEngine:
         if node.text:  # an empty or garbled turn is NONE without asking the extractor
             extracted = await self._request(
                 state, "extractor", extraction_messages(q.question, node.text, q.choices),
-                temperature=0.0, max_tokens=self.cfg.extractor_max_tokens, seed=0,
+                temperature=0.0, max_tokens=self.cfg.extractor_max_tokens, seed=0, extra=extraction.REQUEST_OPTIONS,
             )
-            node.raw_answer, node.outcome = parse_extraction(extracted.text)
+            node.raw_answer, node.outcome = extraction.parse(extracted.text)
         self._resolve(node, path, q)
         state.nodes[key] = node
         if not node.agree and depth + 1 < self.cfg.depth:

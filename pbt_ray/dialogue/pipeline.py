@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import time
@@ -30,6 +31,8 @@ from pbt_ray.dialogue.tree import Tree, from_row, to_row, tree_schema
 from pbt_ray.questions import Question, load_questions
 
 TREES_DIR, FAILED_DIR = "trees", "failed"
+# Ray Data's default number of concurrent calls of an async batch UDF per task (ray 2.60).
+ASYNC_BATCHES_PER_GROWER = int(os.environ.get("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "4"))
 
 
 class GrowError(RuntimeError):
@@ -98,18 +101,24 @@ def _exclusive(run_dir: Path) -> Iterator[None]:
 
 
 class TreeGrower:
-    """A Ray Data actor: grows the trees of each batch against the endpoint and writes them."""
+    """A Ray Data actor growing the trees of each batch against the endpoint, and writing them.
+
+    ``__call__`` is a coroutine, so Ray Data runs several batches of one grower concurrently on its event
+    loop (RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY, 4 by default): their turns all share one
+    client and one in-flight bound, while each batch still lands as its own part file.
+    """
 
     def __init__(self, endpoint: str, grow_cfg: dict, models: dict[str, str], run_dir: str, timeout_s: float):
         from pbt_ray.config import GrowConfig
 
         self.endpoint, self.models, self.run_dir, self.timeout_s = endpoint, models, Path(run_dir), timeout_s
         self.cfg = GrowConfig.model_validate(grow_cfg)
+        self._engine = None
 
-    def __call__(self, batch: dict) -> dict:
+    async def __call__(self, batch: dict) -> dict:
         questions = [Question.model_validate_json(text) for text in batch["question"]]
-        trees = asyncio.run(self._grow(questions))
-        write_trees(trees, self.run_dir)
+        trees = await self._engine_for_loop().grow(questions)
+        await asyncio.to_thread(write_trees, trees, self.run_dir)
         return {
             "tree_id": [t.tree_id for t in trees],
             "status": [t.status for t in trees],
@@ -118,16 +127,15 @@ class TreeGrower:
             "generated_tokens": [t.generated_tokens for t in trees],
         }
 
-    async def _grow(self, questions: list[Question]) -> list[Tree]:
+    def _engine_for_loop(self):
         from pbt_ray.dialogue.growth import GrowthEngine
         from pbt_ray.serving.client import ChatClient
 
-        # The engine retries itself (grow.retries), so the SDK's own retries are off.
-        client = ChatClient(self.endpoint, timeout_s=self.timeout_s, max_retries=0)
-        try:
-            return await GrowthEngine(client, self.cfg, self.models).grow(questions)
-        finally:
-            await client.close()
+        if self._engine is None:  # created inside the actor's event loop, reused by every batch
+            # The engine retries itself (grow.retries), so the SDK's own retries are off.
+            client = ChatClient(self.endpoint, timeout_s=self.timeout_s, max_retries=0)
+            self._engine = GrowthEngine(client, self.cfg, self.models)
+        return self._engine
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -178,9 +186,15 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
         start = time.monotonic()
         if todo:
             ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False  # one bar, ours, counting trees
-            ds = ray.data.from_items([{"question": q.model_dump_json()} for q in todo],
-                                     override_num_blocks=math.ceil(len(todo) / g.batch_size))
+            if not cfg.ray.log_to_driver:
+                # One progress bar, ours, counting trees; Ray Data's execution chatter stays in its log files.
+                logging.getLogger("ray.data").setLevel(logging.ERROR)
+                ctx.enable_progress_bars = False
+            # Blocks of a few batches each: a grower runs a block's batches concurrently (see TreeGrower),
+            # and there are enough blocks to keep every grower of the pool busy.
+            per_block = g.batch_size * ASYNC_BATCHES_PER_GROWER
+            blocks = max(math.ceil(len(todo) / per_block), min(g.max_growers, math.ceil(len(todo) / g.batch_size)))
+            ds = ray.data.from_items([{"question": q.model_dump_json()} for q in todo], override_num_blocks=blocks)
             grown = ds.map_batches(
                 TreeGrower,
                 fn_constructor_kwargs={"endpoint": endpoint, "grow_cfg": g.model_dump(), "models": request_models(cfg),

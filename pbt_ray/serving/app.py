@@ -157,8 +157,9 @@ def deploy(cfg: PBTConfig, log=print) -> str:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     names = ", ".join(f"{m.id} ({m.source})" for m in cfg.serve.models)
     log(f"[pbt] deploying Serve app '{cfg.serve.app_name}': {names}; roles {cfg.serve.roles}")
+    quiet_driver_logs(cfg.ray.log_to_driver)  # serve.start configured Serve's logger; the build logs through it
     app = build_openai_app(args)
-    quiet_driver_logs(cfg.ray.log_to_driver)  # Serve and ray.llm configured their loggers just now
+    quiet_driver_logs(cfg.ray.log_to_driver)  # ray.llm configures its own loggers while building
     _submit(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     return base_url(cfg.serve)
 

@@ -33,7 +33,7 @@ class Scripted:
         self.say, self.fail, self.delay = say, fail or (lambda *_: None), delay
         self.calls, self.in_flight, self.peak = [], 0, 0
 
-    async def chat(self, model, messages, *, temperature, max_tokens, seed=None):
+    async def chat(self, model, messages, *, temperature, max_tokens, seed=None, extra=None):
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
@@ -42,15 +42,15 @@ class Scripted:
             error = self.fail(model, messages)
             if error:
                 raise error
-            if model == "extractor":
-                reply = messages[0]["content"].rsplit("Reply: ", 1)[1]
+            if model == "extractor":  # continues the prefilled "Final Answer:" of the last message
+                assert messages[-1] == {"role": "assistant", "content": "Final Answer:"} and extra["continue_final_message"]
+                reply = messages[-2]["content"].rsplit("Reply: ", 1)[1]
                 found = re.search(r"the answer is ([^.]+)\.", reply)
-                text = ("Final Answer: " + found.group(1) if found else
-                        "Final Answer: Agree" if "I agree" in reply else
-                        "Final Answer: Disagree" if "you are wrong" in reply else "Final Answer: NONE")
+                text = (" " + found.group(1) if found else
+                        " Agree" if "I agree" in reply else
+                        " Disagree" if "you are wrong" in reply else " NONE")
             else:
                 speaker = "A" if model == "model-a" else "B"
-                depth = sum(1 for m in messages[1:]) if False else None
                 text = self.say(speaker, family_of(messages), messages)
             return ChatResult(text=text, model=model + "-served", finish_reason="stop", prompt_tokens=10,
                               completion_tokens=len(text.split()))

@@ -1,0 +1,150 @@
+"""`pbt bench grow`: tree growth against its ceiling and against reference-style growth, side by side.
+
+On one Serve app and one question set:
+
+(a) ours: the growth engine, every open turn of every tree in flight (bounded by grow.max_in_flight);
+    every request it sends is recorded;
+(b) ceiling: the same requests replayed as one flat batch with no dependencies between them, each forced
+    to generate exactly the tokens it generated in (a) (``ignore_eos``), under the same in-flight bound;
+(c) reference-style: the same engine with one request in flight, one tree after another (PBT_SPEC.md
+    §7.4). Sequential growth is slow, so (c) runs on the first ``reference_questions`` questions; its
+    rates (trees/s, turns/s, tokens/s) do not depend on how many trees it grows.
+
+Then the Ray Data pipeline (`pbt grow`) on the same questions with 1 and with 2 growers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pbt_ray.config import PBTConfig
+from pbt_ray.questions import Question, load_questions
+from pbt_ray.serving.client import ChatClient, ChatResult
+
+
+@dataclass
+class Rate:
+    name: str
+    trees: int
+    turns: int
+    tokens: int
+    seconds: float
+
+    def per_s(self, value: int) -> float:
+        return value / self.seconds if self.seconds else 0.0
+
+    def row(self) -> str:
+        return (f"{self.name:<34} {self.trees:>5} {self.per_s(self.trees):>8.3f} {self.per_s(self.turns):>8.2f} "
+                f"{self.per_s(self.tokens):>9.1f} {self.seconds:>8.1f}")
+
+
+class RecordingClient:
+    """Passes requests through and remembers (model, messages, completion tokens) of each."""
+
+    def __init__(self, client: ChatClient):
+        self.client, self.requests = client, []
+
+    async def chat(self, model, messages, *, temperature, max_tokens, seed=None, extra=None) -> ChatResult:
+        result = await self.client.chat(model, messages, temperature=temperature, max_tokens=max_tokens, seed=seed, extra=extra)
+        self.requests.append((model, messages, temperature, seed, extra, result.completion_tokens))
+        return result
+
+
+async def _grow(url: str, cfg: PBTConfig, questions: list[Question], in_flight: int, sequential: bool, record: bool):
+    from pbt_ray.dialogue.growth import GrowthEngine
+    from pbt_ray.dialogue.pipeline import request_models
+
+    grow_cfg = cfg.grow.model_copy(update={"max_in_flight": in_flight})
+    client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, max_retries=0)
+    backend = RecordingClient(client) if record else client
+    engine = GrowthEngine(backend, grow_cfg, request_models(cfg))
+    start = time.perf_counter()
+    try:
+        trees = [t for q in questions for t in await engine.grow([q])] if sequential else await engine.grow(questions)
+    finally:
+        await client.close()
+    seconds = time.perf_counter() - start
+    failed = [t.tree_id for t in trees if t.status != "complete"]
+    if failed:
+        raise RuntimeError(f"trees failed during the benchmark: {failed}")
+    return trees, seconds, (backend.requests if record else [])
+
+
+async def _flat(url: str, cfg: PBTConfig, requests: list, in_flight: int) -> tuple[int, float]:
+    client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, max_retries=0)
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(model, messages, temperature, seed, extra, tokens):
+        # The same request, minus its stop strings, forced to generate exactly the tokens it generated in (a).
+        options = {k: v for k, v in (extra or {}).items() if k != "stop"}
+        async with gate:
+            r = await client.chat(model, messages, temperature=temperature, max_tokens=max(tokens, 1), seed=seed,
+                                  extra=options | {"ignore_eos": True, "min_tokens": max(tokens, 1)})
+            return r.completion_tokens
+
+    start = time.perf_counter()
+    try:
+        produced = await asyncio.gather(*(one(*r) for r in requests))
+    finally:
+        await client.close()
+    return sum(produced), time.perf_counter() - start
+
+
+def run_grow_bench(cfg: PBTConfig, questions_n: int, reference_questions: int, log=print) -> dict:
+    from pbt_ray.dialogue.pipeline import grow_trees
+    from pbt_ray.loop import debater_endpoint
+    from pbt_ray.runtime import ray_cluster
+
+    questions = load_questions(cfg.grow.questions, questions_n, "skip").questions
+    in_flight = cfg.grow.max_in_flight
+    with ray_cluster(cfg, log=log), debater_endpoint(cfg, log=log) as url:
+        asyncio.run(_grow(url, cfg, questions[:1], in_flight, False, False))  # warm the engine and prefix cache paths
+        log(f"[bench] (a) growing {len(questions)} trees, up to {in_flight} requests in flight ...")
+        trees, seconds, requests = asyncio.run(_grow(url, cfg, questions, in_flight, False, True))
+        turns = sum(len(t.nodes) for t in trees)
+        tokens = sum(r[-1] for r in requests)
+        ours = Rate("(a) ours: concurrent tree growth", len(trees), turns, tokens, seconds)
+        log(f"[bench] (b) replaying its {len(requests)} requests as one flat batch ...")
+        flat_tokens, flat_s = asyncio.run(_flat(url, cfg, requests, in_flight))
+        flat = Rate("(b) ceiling: flat batch, same budget", len(trees), turns, flat_tokens, flat_s)
+        subset = questions[:reference_questions]
+        log(f"[bench] (c) reference-style on {len(subset)} trees, one request in flight ...")
+        ref_trees, ref_s, ref_requests = asyncio.run(_grow(url, cfg, subset, 1, True, True))
+        ref = Rate("(c) reference-style: 1 in flight", len(ref_trees), sum(len(t.nodes) for t in ref_trees),
+                   sum(r[-1] for r in ref_requests), ref_s)
+        pools = []
+        for growers in (1, 2):
+            with tempfile.TemporaryDirectory(prefix="pbt-bench-grow-") as tmp:
+                run_cfg = cfg.model_copy(update={
+                    "runs_dir": tmp, "name": f"growers-{growers}",
+                    "grow": cfg.grow.model_copy(update={"limit": questions_n, "min_growers": growers, "max_growers": growers,
+                                                        "batch_size": max(1, -(-questions_n // growers))}),
+                })
+                log(f"[bench] pbt grow pipeline with {growers} grower(s) ...")
+                s = grow_trees(run_cfg, url, log=lambda _m: None, progress=False)
+                pools.append(Rate(f"pbt grow (Ray Data), {growers} grower(s)", s.grown, s.turns, s.generated_tokens, s.seconds))
+    rates = [ours, flat, ref, *pools]
+    header = f"{'':<34} {'trees':>5} {'trees/s':>8} {'turns/s':>8} {'tokens/s':>9} {'seconds':>8}"
+    a_b = ours.per_s(ours.tokens) / flat.per_s(flat.tokens) if flat.seconds else 0.0
+    a_c = ours.per_s(ours.tokens) / ref.per_s(ref.tokens) if ref.seconds else 0.0
+    two_one = pools[1].per_s(pools[1].tokens) / pools[0].per_s(pools[0].tokens) if pools[0].seconds else 0.0
+    log("\n".join([
+        "", f"Model {cfg.serve.roles['persuader']}; grow depth {cfg.grow.depth}, T={cfg.grow.temperature}, "
+        f"max_tokens {cfg.grow.max_tokens}; tokens = generated tokens of turns and extractions", header,
+        *[r.row() for r in rates], "",
+        f"a/b (tokens/s, ours vs ceiling)        = {a_b:.2f}   (target >= 0.85)",
+        f"a/c (tokens/s, ours vs reference-style) = {a_c:.1f}   (target >= 10)",
+        f"2 growers / 1 grower (tokens/s)         = {two_one:.2f}",
+    ]))
+    return {"rates": [asdict(r) for r in rates], "a_over_b": a_b, "a_over_c": a_c, "two_over_one_growers": two_one,
+            "questions": questions_n, "reference_questions": len(subset), "max_in_flight": in_flight}
+
+
+def write_result(result: dict, path: str | Path) -> None:
+    import json
+
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
