@@ -190,6 +190,12 @@ class GrowConfig(_Strict):
     max_tokens: PositiveInt = Field(80, description="New tokens per turn.")
     extractor_max_tokens: PositiveInt = Field(24, description="New tokens of an answer extraction.")
     seed: int = Field(12, description="Base seed; every request's seed derives from it, the question and the node.")
+    seed_requests: bool = Field(
+        True,
+        description="Send each turn's seed with its request (reproducible sampling). Off for vLLM-CPU engines: a "
+        "seeded request whose prefill is split across steps crashes the engine (vllm-project/vllm#10097 rewinds "
+        "the generator with a CUDA-only API).",
+    )
     max_in_flight: PositiveInt = Field(256, description="Requests one grower keeps in flight at once.")
     retries: int = Field(3, ge=0, description="Retries of a failing request (backoff doubles from 1 s) before its tree fails.")
     batch_size: PositiveInt = Field(

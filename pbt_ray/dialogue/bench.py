@@ -68,9 +68,9 @@ async def _grow(url: str, cfg: PBTConfig, questions: list[Question], in_flight: 
     finally:
         await client.close()
     seconds = time.perf_counter() - start
-    failed = [t.tree_id for t in trees if t.status != "complete"]
+    failed = [f"{t.tree_id}: {t.error}" for t in trees if t.status != "complete"]
     if failed:
-        raise RuntimeError(f"trees failed during the benchmark: {failed}")
+        raise RuntimeError(f"{len(failed)} trees failed during the benchmark, e.g. " + "; ".join(failed[:3]))
     return trees, seconds, (backend.requests if record else [])
 
 

@@ -103,14 +103,14 @@ class GrowthEngine:
         q, tree = state.question, state.tree
         speaker = speaker_at(depth)
         messages = messages_for(family, q.question, path, speaker, self.cfg, q.choices)
-        reply = await self._request(state, speaker, messages, seed=request_seed(self.cfg.seed, tree.tree_id, key),
-                                    **sampling(self.cfg))
+        seed = request_seed(self.cfg.seed, tree.tree_id, key) if self.cfg.seed_requests else None
+        reply = await self._request(state, speaker, messages, seed=seed, **sampling(self.cfg))
         node = Node(id=-1, parent=-1, depth=depth, speaker=speaker, role=role_at(depth, self.cfg), family=family,
                     text=clean(reply.text), finish_reason=reply.finish_reason, completion_tokens=reply.completion_tokens)
         if node.text:  # an empty or garbled turn is NONE without asking the extractor
             extracted = await self._request(
                 state, "extractor", extraction_messages(q.question, node.text, q.choices),
-                temperature=0.0, max_tokens=self.cfg.extractor_max_tokens, seed=0, extra=extraction.REQUEST_OPTIONS,
+                temperature=0.0, max_tokens=self.cfg.extractor_max_tokens, extra=extraction.REQUEST_OPTIONS,  # greedy: no seed
             )
             node.raw_answer, node.outcome = extraction.parse(extracted.text)
         self._resolve(node, path, q)

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from pbt_ray.dialogue.pipeline import read_trees
+
 from .conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -15,17 +17,22 @@ pytestmark = pytest.mark.integration
 def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"serve.port={free_port()}", f"runs_dir={tmp_path}"],
+        [sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"serve.port={free_port()}", f"runs_dir={tmp_path}",
+         "grow.limit=2"],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
+    # The demo debate: an evaluation-mode tree, printed turn by turn (it may stop early on agreement).
     assert "Question: What is the capital of France?" in out
-    positions = [out.index(f"[turn {i}] {role} (smollm2-135m-instruct):") for i, role in
-                 [(1, "persuadee"), (2, "persuader"), (3, "persuadee"), (4, "persuader")]]
-    assert positions == sorted(positions)
-    transcript = json.loads((tmp_path / "local" / "debate.json").read_text())
-    assert transcript["question"] == "What is the capital of France?" and transcript["gold"] == ["Paris"]
-    turns = transcript["turns"]
-    assert [t["speaker"] for t in turns] == ["persuadee", "persuader", "persuadee", "persuader"]
-    assert all(t["text"].strip() for t in turns)
+    assert out.index("[0] A (independent, standard)") < out.index("[1] B (independent, standard)")
+    debate = json.loads((tmp_path / "local" / "debate.json").read_text())
+    nodes = debate["nodes"]
+    assert debate["question"] == "What is the capital of France?" and debate["gold"] == ["Paris"]
+    assert [n["speaker"] for n in nodes] == ["A", "B", "A", "B"][: len(nodes)] and len(nodes) >= 2
+    assert all(n["family"] == "sp" and n["text"].strip() for n in nodes)
+    assert all(n["parent"] == n["id"] - 1 for n in nodes)  # one branch
+    # Then the trees, with a progress bar and a summary.
+    assert "growing trees" in proc.stderr
+    assert "[pbt] trees: 2 grown, 0 already done, 0 failed" in out
+    assert len(list(read_trees(tmp_path / "local"))) == 2

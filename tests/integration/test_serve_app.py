@@ -109,7 +109,10 @@ def test_debate_against_the_running_app(debater_app, capsys):
     cfg, url = debater_app
     assert main(["debate", "--url", url, "--question", "What is the largest ocean on Earth?", "debate.turns=2"]) == 0
     out = capsys.readouterr().out
-    assert "[turn 1] persuadee" in out and "[turn 2] persuader" in out
+    assert "Question: What is the largest ocean on Earth?" in out
+    # Agreement needs both speakers' answers, so turn 0 can never end the debate: both turns are there.
+    assert out.index("[0] A (independent, standard)") < out.index("[1] B (independent, standard)")
+    assert "Status:   complete" in out
 
 
 def test_readiness_wait_times_out_with_a_clear_message(debater_app):

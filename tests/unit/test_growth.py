@@ -95,6 +95,10 @@ def test_every_request_is_sampled_and_seeded_and_extraction_is_greedy():
     assert {c[2] for c in turns} == {0.7}
     assert {c[2] for c in backend.calls if c[0] == "extractor"} == {0.0}
     assert len({c[3] for c in turns}) == 21  # a distinct, position-derived seed per turn
+    assert {c[3] for c in backend.calls if c[0] == "extractor"} == {None}  # greedy extraction sends no seed
+    backend = Scripted(stubborn)
+    grow(backend, seed_requests=False)
+    assert {c[3] for c in backend.calls} == {None}
 
 
 def test_what_each_speaker_sees():
