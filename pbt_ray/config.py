@@ -206,6 +206,10 @@ class GrowConfig(_Strict):
     max_growers: PositiveInt = Field(2, description="Autoscaling actor pool: most growers.")
     cpus_per_grower: float = Field(0.25, gt=0, description="Logical CPUs a grower reserves (it mostly waits on the app).")
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL to grow against; None: start/use the Serve app.")
+    client: Literal["auto", "handle", "http"] = Field(
+        "auto", description="How growers reach the models: Serve deployment handles in-cluster (no HTTP hop) or the "
+        "OpenAI HTTP API. auto: handles for the pbt app, HTTP for grow.endpoint."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GrowConfig:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pbt_ray.config import PBTConfig
 from pbt_ray.questions import Question, load_questions
+from pbt_ray.dialogue.pipeline import make_client, transport_for
 from pbt_ray.serving.client import ChatClient, ChatResult
 
 
@@ -59,7 +60,7 @@ async def _grow(url: str, cfg: PBTConfig, questions: list[Question], in_flight: 
     from pbt_ray.dialogue.pipeline import request_models
 
     grow_cfg = cfg.grow.model_copy(update={"max_in_flight": in_flight})
-    client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, max_retries=0)
+    client = make_client(transport_for(cfg, url), cfg.serve.request_timeout_s)  # what `pbt grow` uses
     backend = RecordingClient(client) if record else client
     engine = GrowthEngine(backend, grow_cfg, request_models(cfg))
     start = time.perf_counter()
@@ -75,7 +76,7 @@ async def _grow(url: str, cfg: PBTConfig, questions: list[Question], in_flight: 
 
 
 async def _flat(url: str, cfg: PBTConfig, requests: list, in_flight: int) -> tuple[int, float]:
-    client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, max_retries=0)
+    client = make_client(transport_for(cfg, url), cfg.serve.request_timeout_s)
     gate = asyncio.Semaphore(in_flight)
 
     async def one(model, messages, temperature, seed, extra, tokens):
@@ -108,14 +109,17 @@ def run_grow_bench(cfg: PBTConfig, questions_n: int, reference_questions: int, l
         turns = sum(len(t.nodes) for t in trees)
         tokens = sum(r[-1] for r in requests)
         ours = Rate("(a) ours: concurrent tree growth", len(trees), turns, tokens, seconds)
+        log(ours.row())
         log(f"[bench] (b) replaying its {len(requests)} requests as one flat batch ...")
         flat_tokens, flat_s = asyncio.run(_flat(url, cfg, requests, in_flight))
         flat = Rate("(b) ceiling: flat batch, same budget", len(trees), turns, flat_tokens, flat_s)
+        log(flat.row())
         subset = questions[:reference_questions]
         log(f"[bench] (c) reference-style on {len(subset)} trees, one request in flight ...")
         ref_trees, ref_s, ref_requests = asyncio.run(_grow(url, cfg, subset, 1, True, True))
         ref = Rate("(c) reference-style: 1 in flight", len(ref_trees), sum(len(t.nodes) for t in ref_trees),
                    sum(r[-1] for r in ref_requests), ref_s)
+        log(ref.row())
         pools = []
         for growers in (1, 2):
             with tempfile.TemporaryDirectory(prefix="pbt-bench-grow-") as tmp:
@@ -127,6 +131,7 @@ def run_grow_bench(cfg: PBTConfig, questions_n: int, reference_questions: int, l
                 log(f"[bench] pbt grow pipeline with {growers} grower(s) ...")
                 s = grow_trees(run_cfg, url, log=lambda _m: None, progress=False)
                 pools.append(Rate(f"pbt grow (Ray Data), {growers} grower(s)", s.grown, s.turns, s.generated_tokens, s.seconds))
+                log(pools[-1].row())
     rates = [ours, flat, ref, *pools]
     header = f"{'':<34} {'trees':>5} {'trees/s':>8} {'turns/s':>8} {'tokens/s':>9} {'seconds':>8}"
     a_b = ours.per_s(ours.tokens) / flat.per_s(flat.tokens) if flat.seconds else 0.0

@@ -103,8 +103,10 @@ class GrowthEngine:
         q, tree = state.question, state.tree
         speaker = speaker_at(depth)
         messages = messages_for(family, q.question, path, speaker, self.cfg, q.choices)
-        seed = request_seed(self.cfg.seed, tree.tree_id, key) if self.cfg.seed_requests else None
-        reply = await self._request(state, speaker, messages, seed=seed, **sampling(self.cfg))
+        params = sampling(self.cfg)
+        seeded = self.cfg.seed_requests and params["temperature"] > 0  # a seed means nothing when greedy
+        seed = request_seed(self.cfg.seed, tree.tree_id, key) if seeded else None
+        reply = await self._request(state, speaker, messages, seed=seed, **params)
         node = Node(id=-1, parent=-1, depth=depth, speaker=speaker, role=role_at(depth, self.cfg), family=family,
                     text=clean(reply.text), finish_reason=reply.finish_reason, completion_tokens=reply.completion_tokens)
         if node.text:  # an empty or garbled turn is NONE without asking the extractor

@@ -108,10 +108,10 @@ class TreeGrower:
     client and one in-flight bound, while each batch still lands as its own part file.
     """
 
-    def __init__(self, endpoint: str, grow_cfg: dict, models: dict[str, str], run_dir: str, timeout_s: float):
+    def __init__(self, transport: dict, grow_cfg: dict, models: dict[str, str], run_dir: str, timeout_s: float):
         from pbt_ray.config import GrowConfig
 
-        self.endpoint, self.models, self.run_dir, self.timeout_s = endpoint, models, Path(run_dir), timeout_s
+        self.transport, self.models, self.run_dir, self.timeout_s = transport, models, Path(run_dir), timeout_s
         self.cfg = GrowConfig.model_validate(grow_cfg)
         self._engine = None
 
@@ -129,13 +129,27 @@ class TreeGrower:
 
     def _engine_for_loop(self):
         from pbt_ray.dialogue.growth import GrowthEngine
-        from pbt_ray.serving.client import ChatClient
 
         if self._engine is None:  # created inside the actor's event loop, reused by every batch
-            # The engine retries itself (grow.retries), so the SDK's own retries are off.
-            client = ChatClient(self.endpoint, timeout_s=self.timeout_s, max_retries=0)
-            self._engine = GrowthEngine(client, self.cfg, self.models)
+            self._engine = GrowthEngine(make_client(self.transport, self.timeout_s), self.cfg, self.models)
         return self._engine
+
+
+def transport_for(cfg: PBTConfig, url: str) -> dict:
+    """How growers reach the models (see ``GrowConfig.client``), as plain data for the actors."""
+    if cfg.grow.client == "handle" or (cfg.grow.client == "auto" and not cfg.grow.endpoint):
+        return {"kind": "handle", "app_name": cfg.serve.app_name, "aliases": dict(cfg.serve.roles),
+                "served": [m.id for m in cfg.serve.models]}
+    return {"kind": "http", "url": url}
+
+
+def make_client(transport: dict, timeout_s: float):
+    from pbt_ray.serving.client import ChatClient, HandleChatClient
+
+    if transport["kind"] == "handle":
+        return HandleChatClient(transport["app_name"], transport["aliases"], transport["served"])
+    # The growth engine retries itself (grow.retries), so the SDK's own retries are off.
+    return ChatClient(transport["url"], timeout_s=timeout_s, max_retries=0)
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -197,7 +211,8 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
             ds = ray.data.from_items([{"question": q.model_dump_json()} for q in todo], override_num_blocks=blocks)
             grown = ds.map_batches(
                 TreeGrower,
-                fn_constructor_kwargs={"endpoint": endpoint, "grow_cfg": g.model_dump(), "models": request_models(cfg),
+                fn_constructor_kwargs={"transport": transport_for(cfg, endpoint), "grow_cfg": g.model_dump(),
+                                       "models": request_models(cfg),
                                        "run_dir": str(run_dir.resolve()), "timeout_s": cfg.serve.request_timeout_s},
                 batch_size=g.batch_size,
                 batch_format="numpy",

@@ -117,3 +117,57 @@ async def preflight(base_url: str, needed: list[str], timeout_s: float = 10.0) -
             f"{base_url} does not serve {missing} (it serves {sorted(served)}). Point the config's serve.roles "
             "at model ids the endpoint serves, or use the pbt debater app."
         )
+
+
+class HandleChatClient:
+    """The same interface as :class:`ChatClient`, through Serve deployment handles inside the cluster.
+
+    Requests go straight to the ``LLMServer:<model id>`` deployments of the debater app (Ray's routing and
+    autoscaling still apply), skipping the HTTP proxy and the ingress: fewer hops and less CPU per request
+    than HTTP. Role aliases are resolved here, as the ingress would.
+    """
+
+    def __init__(self, app_name: str, aliases: dict[str, str], served: list[str]):
+        self.app_name, self.aliases, self.served = app_name, dict(aliases), set(served)
+        self.base_url = f"serve://{app_name}"
+        self._handles: dict[str, Any] = {}
+
+    def _handle(self, model_id: str):
+        from ray import serve
+
+        if model_id not in self._handles:
+            handle = serve.get_deployment_handle(f"LLMServer:{model_id}", app_name=self.app_name)
+            self._handles[model_id] = handle.options(stream=True)
+        return self._handles[model_id]
+
+    async def chat(self, model, messages, *, temperature=0.0, max_tokens=80, seed=None, extra=None) -> ChatResult:
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest, ErrorResponse
+
+        target = self.aliases.get(model, model)
+        if target not in self.served:
+            raise EndpointError(f"'{model}' is not a model of the Serve app '{self.app_name}' (serves {sorted(self.served)})", status=404)
+        try:
+            request = ChatCompletionRequest(model=target, messages=messages, temperature=temperature,
+                                            max_tokens=max_tokens, seed=seed, **(extra or {}))
+        except ValueError as exc:  # pydantic validation: the request itself is bad
+            raise EndpointError(f"invalid request to '{model}': {exc}", status=400) from exc
+        try:
+            response = None
+            async for item in self._handle(target).chat.remote(request, None):
+                response = item
+                break
+        except Exception as exc:  # the replica died, the app was deleted, ...: worth a retry
+            raise EndpointError(f"Serve app '{self.app_name}' failed a request to '{model}': {exc!r}"[:600]) from exc
+        if isinstance(response, ErrorResponse):
+            raise EndpointError(f"'{model}' rejected a request: {response.error.message}"[:600], status=response.error.code)
+        if response is None:
+            raise EndpointError(f"'{model}' returned nothing")
+        choice = response.choices[0]
+        return ChatResult(
+            text=choice.message.content or "", model=response.model, finish_reason=choice.finish_reason,
+            prompt_tokens=response.usage.prompt_tokens if response.usage else 0,
+            completion_tokens=response.usage.completion_tokens if response.usage else 0,
+        )
+
+    async def close(self) -> None:
+        self._handles.clear()

@@ -187,7 +187,7 @@ def test_eval_mode_is_one_greedy_standard_branch():
     backend = Scripted(stubborn)
     (tree,) = grow(backend, mode="eval")
     assert tree.depth_counts() == [1, 1, 1, 1] and {n.family for n in tree.nodes} == {"sp"}
-    assert {c[2] for c in backend.calls} == {0.0}
+    assert {c[2] for c in backend.calls} == {0.0} and {c[3] for c in backend.calls} == {None}
 
 
 def test_b_as_persuader_changes_branching():
