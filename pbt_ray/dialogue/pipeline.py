@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,7 +66,10 @@ def write_trees(trees: list[Tree], run_dir: Path) -> None:
             continue
         directory = run_dir / subdir
         directory.mkdir(parents=True, exist_ok=True)
-        name = f"part-{uuid.uuid4().hex[:12]}.parquet"
+        # Named by the batch's tree ids: if a grower dies after writing but before Ray Data records the batch
+        # as done, the retried batch replaces this file instead of adding a second copy of its trees.
+        digest = hashlib.sha1("\n".join(sorted(t.tree_id for t in group)).encode()).hexdigest()[:16]
+        name = f"part-{digest}.parquet"
         tmp = directory / f".{name}.tmp"
         pq.write_table(pa.Table.from_pylist([to_row(t) for t in group], schema=tree_schema()), tmp)
         os.replace(tmp, directory / name)

@@ -53,3 +53,10 @@ def test_transport_and_model_ids():
     assert transport_for(load_config("local", ["grow.client=http"]), "u")["kind"] == "http"
     flipped = load_config("local", ["grow.persuader=B"])
     assert request_models(flipped)["B"] == "persuader" and request_models(flipped)["A"] == "persuadee"
+
+
+def test_a_retried_batch_replaces_its_part_file(tmp_path):
+    write_trees([tree("q1"), tree("q2")], tmp_path)
+    write_trees([tree("q2"), tree("q1")], tmp_path)  # the same batch again, e.g. after its grower died
+    assert len(list((tmp_path / "trees").glob("part-*.parquet"))) == 1
+    assert sorted(t.tree_id for t in read_trees(tmp_path)) == ["q1", "q2"]
