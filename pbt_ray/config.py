@@ -88,6 +88,10 @@ class ServedModelConfig(_Strict):
     tensor_parallel_size: PositiveInt = Field(1, description="GPUs per replica (tensor parallel).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
     cpus_per_replica: float = Field(1.0, gt=0, description="Logical CPUs reserved per replica (CPU engines).")
+    cpu_kv_cache_gib: float = Field(
+        4.0, gt=0, description="KV cache of a CPU engine in GiB (VLLM_CPU_KVCACHE_SPACE); SmolLM2 in float32 holds "
+        "about 23k tokens per GiB. Too small a cache evicts the shared prefixes that tree growth relies on."
+    )
     min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound (0 allows scale to zero).")
     max_replicas: PositiveInt = Field(1, description="Autoscaling upper bound.")
     target_ongoing_requests: PositiveInt = Field(

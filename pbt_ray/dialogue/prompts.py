@@ -1,8 +1,9 @@
 """Prompt families, in our own words (PBT_SPEC.md §1.3 describes the reference's; the wording differs).
 
-Every family shares a preamble (answer the trivia question, show how sure you are and why). Training
-families add a length and topic limit and the family's instruction; the standard family (``sp``) is the
-preamble alone and is used for evaluation dialogues.
+Every turn opens with a shared preamble (answer the trivia question, show how sure you are and why) and
+the question; training dialogues add a length and topic limit. The family's instruction is appended to
+the last user message, so it is the only part in which sibling turns differ. The standard family
+(``sp``) adds nothing and is used for evaluation dialogues.
 """
 
 from __future__ import annotations
@@ -37,13 +38,20 @@ FAMILY_NAMES = {"rp": "resist", "ap": "accept", "lp": "logical appeal", "ep": "e
                 "cp": "credibility appeal", "sp": "standard", "unknown": "?"}
 
 
-def instruction(family: str, question: str, choices: dict[str, str] | None = None) -> str:
-    """The first user message of a speaker: preamble, family instruction (training), and the question."""
-    parts = [PREAMBLE]
-    if family != "sp":
-        parts += [TRAINING_LIMITS, FAMILIES[family]]
+def opening(mode: str, question: str, choices: dict[str, str] | None = None) -> str:
+    """The first user message of every turn of a tree: preamble, limits (training) and the question.
+
+    It is the same for every node of a tree, and the family instruction comes last (:func:`family_note`),
+    so sibling turns share their whole transcript as a cacheable prefix.
+    """
+    parts = [PREAMBLE] + ([TRAINING_LIMITS] if mode == "train" else [])
     text = " ".join(parts) + f"\n\nQuestion: {question}"
     if choices:
         text += "\nChoices: " + "; ".join(f"({label}) {choice}" for label, choice in choices.items())
         text += "\nAnswer with the letter of one choice and its text."
     return text
+
+
+def family_note(family: str) -> str:
+    """The family's instruction, appended to the last user message before the speaker replies."""
+    return FAMILIES.get(family, "")

@@ -13,7 +13,7 @@ import hashlib
 import random
 
 from pbt_ray.config import GrowConfig
-from pbt_ray.dialogue.prompts import PERSUADEE_FAMILIES, PERSUADER_FAMILIES, instruction
+from pbt_ray.dialogue.prompts import PERSUADEE_FAMILIES, PERSUADER_FAMILIES, family_note, opening
 from pbt_ray.dialogue.tree import Node
 
 
@@ -58,23 +58,26 @@ def messages_for(family: str, question: str, path: list[Node], speaker: str, cfg
                  choices: dict[str, str] | None = None) -> list[dict[str, str]]:
     """Chat messages for ``speaker``'s next turn after ``path`` (root-to-parent turns).
 
-    The speaker's instruction and the question open the conversation as a user message; its own
-    earlier turns are assistant messages and the partner's are user messages, merged where two of one
-    role meet, so the conversation alternates and ends with a user turn. The chat template's
-    generation prompt (added by the server) then cues the reply. With ``independent_first``, the second
-    speaker's first turn sees only its instruction.
+    The opening (preamble and question, the same for the whole tree) is the first user message; the
+    speaker's own earlier turns are assistant messages and the partner's are user messages, merged where
+    two of one role meet, so the conversation alternates and ends with a user turn; the family's
+    instruction is appended to that last user message. Siblings thus share everything but the instruction,
+    which the engine's prefix cache turns into skipped prefill. The server's chat template adds the
+    generation prompt. With ``independent_first``, the second speaker's first turn sees no partner turn.
     """
-    messages = [{"role": "user", "content": instruction(family, question, choices)}]
-    depth = len(path)
-    if not (depth == 1 and cfg.independent_first):
+    messages = [{"role": "user", "content": opening(cfg.mode, question, choices)}]
+    if not (len(path) == 1 and cfg.independent_first):
         for node in path:
             role = "assistant" if node.speaker == speaker else "user"
             if messages[-1]["role"] == role:
                 messages[-1] = {"role": role, "content": messages[-1]["content"] + "\n\n" + node.text}
             else:
                 messages.append({"role": role, "content": node.text})
+    note = family_note(family)
     if messages[-1]["role"] == "assistant":
-        messages.append({"role": "user", "content": "Please give your answer again."})
+        messages.append({"role": "user", "content": note or "Please give your answer again."})
+    elif note:
+        messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n" + note}
     return messages
 
 

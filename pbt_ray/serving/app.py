@@ -22,7 +22,6 @@ from pbt_ray.models import resolve_model_source
 from pbt_ray.runtime import CPU_ENGINE_ENV, quiet_driver_logs, worker_env
 
 INGRESS_CLS = "pbt_ray.serving.ingress:RoleAliasIngress"
-CPU_KV_CACHE_GIB = "1"  # 23k fp32 tokens of SmolLM2: ample for 256 short dialogue turns in flight
 
 
 class ServeError(RuntimeError):
@@ -62,7 +61,7 @@ def llm_config_dict(model: ServedModelConfig, source: str, env: dict[str, str]) 
     }
     if model.accelerator == "cpu":
         env.update(CPU_ENGINE_ENV)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{model.cpu_kv_cache_gib:g}")
         config["accelerator_config"] = {"kind": "cpu"}
         config["placement_group_config"] = {"bundles": [{"CPU": model.cpus_per_replica}]}
     elif model.accelerator_type:

@@ -81,11 +81,10 @@ def measure_offline(model: ServedModelConfig, source: str, levels: list[int], ma
     }
     env = dict(os.environ)
     if model.accelerator == "cpu":
-        from pbt_ray.serving.app import CPU_KV_CACHE_GIB
         from pbt_ray.runtime import CPU_ENGINE_ENV
 
         env.update(CPU_ENGINE_ENV)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{model.cpu_kv_cache_gib:g}")
     proc = subprocess.run(
         [sys.executable, "-m", "pbt_ray.serving.bench", json.dumps(spec)],
         env=env, stdout=subprocess.PIPE, text=True, check=False,

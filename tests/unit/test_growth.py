@@ -21,8 +21,8 @@ Q = Question(id="q1", question="Who wrote Paradise Lost?", answers=["John Milton
 
 
 def family_of(messages):
-    first = messages[0]["content"]
-    return next((f for f, text in FAMILIES.items() if text and text in first), "sp")
+    last = messages[-1]["content"]  # the family's instruction ends the last user message
+    return next((f for f, text in FAMILIES.items() if text and last.endswith(text)), "sp")
 
 
 class Scripted:
@@ -249,3 +249,21 @@ def test_schema_round_trip_through_arrow():
     table = pa.Table.from_pylist([to_row(t) for t in trees], schema=tree_schema())
     back = [from_row(r) for r in table.to_pylist()]
     assert back == trees
+
+
+def test_sibling_turns_share_everything_but_the_family_instruction():
+    """The layout that lets the engine's prefix cache skip most prefill (siblings differ only at the end)."""
+    backend = Scripted(stubborn)
+    grow(backend)
+    last_level = [m for model, m, *_ in backend.calls if model == "model-b" and len(m) == 3]
+    by_parent = {}
+    for messages in last_level:  # key: everything but the final instruction, i.e. the shared transcript
+        key = repr(messages[:-1]) + messages[-1]["content"].rsplit("\n\n", 1)[0]
+        by_parent.setdefault(key, []).append(messages)
+    assert len(by_parent) == 6 and all(len(group) == 2 for group in by_parent.values())  # 6 parents x (rp, ap)
+    for rp, ap in by_parent.values():
+        assert rp[:-1] == ap[:-1]
+        shared = rp[-1]["content"].rsplit("\n\n", 1)[0]
+        assert ap[-1]["content"].startswith(shared) and rp[-1]["content"] != ap[-1]["content"]
+    openings = {m[0]["content"].split("\n\n")[0] for _, m, *_ in backend.calls if _ != "extractor"}
+    assert len({o for o in openings if o.startswith("You are answering")}) == 1  # one opening for the tree

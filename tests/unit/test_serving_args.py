@@ -23,7 +23,7 @@ def test_cpu_llm_config_is_valid_and_cpu_shaped():
     assert d["engine_kwargs"] | {} == {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True,
                                        "enable_prefix_caching": True, "trust_remote_code": False}
     env = d["runtime_env"]["env_vars"]
-    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["A"] == "1"
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["VLLM_CPU_KVCACHE_SPACE"] == "4" and env["A"] == "1"
     scaling = d["deployment_config"]["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 1)
 
