@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(b)
     b.add_argument("--questions", type=int, default=16, help="trees grown by (a), (b) and the pipelines [16]")
     b.add_argument("--reference-questions", type=int, default=2, help="trees grown one request at a time by (c) [2]")
+    b.add_argument("--no-pipelines", action="store_true", help="skip the `pbt grow` runs with 1 and 2 growers")
     b.add_argument("--output", help="also write the results as JSON to this file")
     return parser
 
@@ -270,7 +271,7 @@ def _bench(cfg, args) -> int:
     if args.bench == "grow":
         from pbt_ray.dialogue.bench import run_grow_bench, write_result
 
-        result = run_grow_bench(cfg, args.questions, args.reference_questions)
+        result = run_grow_bench(cfg, args.questions, args.reference_questions, pipelines=not args.no_pipelines)
         if args.output:
             write_result(result, args.output)
         return 0

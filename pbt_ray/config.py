@@ -201,6 +201,11 @@ class GrowConfig(_Strict):
         "the generator with a CUDA-only API).",
     )
     max_in_flight: PositiveInt = Field(256, description="Requests one grower keeps in flight at once.")
+    speculative: bool = Field(
+        True, description="Start a turn's children while its answer is still being extracted; drop them if the "
+        "answer ends the branch (agreement). Halves the chain of dependent requests; costs wasted requests when "
+        "agreement is frequent."
+    )
     retries: int = Field(3, ge=0, description="Retries of a failing request (backoff doubles from 1 s) before its tree fails.")
     batch_size: PositiveInt = Field(
         4, description="Questions per batch: one Parquet part file, one step of the progress bar. A grower runs "

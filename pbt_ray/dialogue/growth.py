@@ -3,8 +3,9 @@
 The reference grows one tree at a time, depth-first, one ``generate`` call at a time (PBT_SPEC.md
 §7.4). Here each open turn is an asyncio task: it generates, extracts its answer, and, unless the two
 agents now agree or the branch is at full depth, starts its children, which run concurrently with
-every other open turn of every tree. One semaphore bounds the requests in flight, so the serving
-replicas' continuous batching always has work. Breadth-first order is a property of the result: node
+every other open turn of every tree; children even start while their parent's answer is still being
+extracted (``grow.speculative``), and are dropped if that answer ends the branch. One semaphore bounds
+the requests in flight, so the serving replicas' continuous batching always has work. Breadth-first order is a property of the result: node
 ids are assigned at the end by (depth, position), so a tree is identical however the requests
 interleaved, and each request's seed depends only on the tree and the node's position.
 
@@ -82,7 +83,7 @@ class GrowthEngine:
 
     async def _grow_tree(self, state: _TreeState) -> None:
         try:
-            await self._expand(state, [], 0, ())
+            await self._expand(state, [], 0, (), None)
         except BaseExceptionGroup as group:  # the TaskGroups of a tree cancel its siblings on the first failure
             failure = _first_leaf(group)
             if not isinstance(failure, Exception):
@@ -93,13 +94,21 @@ class GrowthEngine:
             state.tree.nodes = _number_breadth_first(state.nodes)
             state.tree.seconds = round(time.monotonic() - state.started, 3)
 
-    async def _expand(self, state: _TreeState, path: list[Node], depth: int, key: tuple[int, ...]) -> None:
+    async def _expand(self, state: _TreeState, path: list[Node], depth: int, key: tuple[int, ...],
+                      parent_known: asyncio.Future | None = None) -> None:
         families = families_at(depth, self.cfg, state.tree.seed)
         async with asyncio.TaskGroup() as group:
             for index, family in enumerate(families):
-                group.create_task(self._turn(state, path, depth, key + (index,), family))
+                group.create_task(self._turn(state, path, depth, key + (index,), family, parent_known))
 
-    async def _turn(self, state: _TreeState, path: list[Node], depth: int, key: tuple[int, ...], family: str) -> None:
+    async def _turn(self, state: _TreeState, path: list[Node], depth: int, key: tuple[int, ...], family: str,
+                    parent_known: asyncio.Future | None) -> None:
+        """Generate a turn, extract its answer, and grow its children.
+
+        The children's prompts need only this turn's text, so they start generating while this turn's
+        answer is being extracted (speculatively: they are cancelled, and never recorded, if the answer shows
+        the two agents now agree). That halves the chain of dependent requests per branch.
+        """
         q, tree = state.question, state.tree
         speaker = speaker_at(depth)
         messages = messages_for(family, q.question, path, speaker, self.cfg, q.choices)
@@ -109,16 +118,36 @@ class GrowthEngine:
         reply = await self._request(state, speaker, messages, seed=seed, **params)
         node = Node(id=-1, parent=-1, depth=depth, speaker=speaker, role=role_at(depth, self.cfg), family=family,
                     text=clean(reply.text), finish_reason=reply.finish_reason, completion_tokens=reply.completion_tokens)
-        if node.text:  # an empty or garbled turn is NONE without asking the extractor
-            extracted = await self._request(
-                state, "extractor", extraction_messages(q.question, node.text, q.choices),
-                temperature=0.0, max_tokens=self.cfg.extractor_max_tokens, extra=extraction.REQUEST_OPTIONS,  # greedy: no seed
-            )
-            node.raw_answer, node.outcome = extraction.parse(extracted.text)
-        self._resolve(node, path, q)
+        known = asyncio.get_running_loop().create_future()  # set once this node's answer is resolved
+        children = None
+        if self.cfg.speculative and depth + 1 < self.cfg.depth:
+            children = asyncio.create_task(self._expand(state, [*path, node], depth + 1, key, known))
+        try:
+            if node.text:  # an empty or garbled turn is NONE without asking the extractor
+                extracted = await self._request(
+                    state, "extractor", extraction_messages(q.question, node.text, q.choices),
+                    temperature=0.0, max_tokens=self.cfg.extractor_max_tokens, extra=extraction.REQUEST_OPTIONS,
+                )
+                node.raw_answer, node.outcome = extraction.parse(extracted.text)
+            if parent_known is not None:
+                await parent_known  # resolving needs the answers along the path
+            self._resolve(node, path, q)
+        except BaseException:
+            if children is not None:
+                children.cancel()
+            raise
         state.nodes[key] = node
-        if not node.agree and depth + 1 < self.cfg.depth:
-            await self._expand(state, [*path, node], depth + 1, key)
+        known.set_result(node.agree)
+        if children is None and not node.agree and depth + 1 < self.cfg.depth:  # not speculative: start them now
+            children = asyncio.create_task(self._expand(state, [*path, node], depth + 1, key, known))
+        if children is not None:
+            if node.agree:  # the branch stops here: drop the speculative children
+                children.cancel()
+            try:
+                await children
+            except asyncio.CancelledError:
+                if not node.agree or asyncio.current_task().cancelling():
+                    raise  # not our own cancellation of the speculative children: pass it on
 
     @staticmethod
     def _resolve(node: Node, path: list[Node], q: Question) -> None:

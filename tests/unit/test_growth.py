@@ -267,3 +267,42 @@ def test_sibling_turns_share_everything_but_the_family_instruction():
         assert ap[-1]["content"].startswith(shared) and rp[-1]["content"] != ap[-1]["content"]
     openings = {m[0]["content"].split("\n\n")[0] for _, m, *_ in backend.calls if _ != "extractor"}
     assert len({o for o in openings if o.startswith("You are answering")}) == 1  # one opening for the tree
+
+
+class Ordered(Scripted):
+    """Logs when each request starts and ends, to check which requests overlap."""
+
+    def __init__(self, say):
+        super().__init__(say, delay=lambda: 0.002)
+        self.events = []
+
+    async def chat(self, model, messages, **kw):
+        tag = (model, len(messages), messages[-1]["content"][-60:])
+        self.events.append(("start", tag))
+        try:
+            return await super().chat(model, messages, **kw)
+        finally:
+            self.events.append(("end", tag))
+
+
+def test_children_start_while_the_parents_answer_is_extracted():
+    backend = Ordered(stubborn)
+    grow(backend)
+    first_extraction_end = next(i for i, (kind, tag) in enumerate(backend.events) if kind == "end" and tag[0] == "extractor")
+    first_b_start = next(i for i, (kind, tag) in enumerate(backend.events) if kind == "start" and tag[0] == "model-b")
+    assert first_b_start < first_extraction_end  # B's turns did not wait for A's answer to be extracted
+
+
+def test_speculative_children_of_an_agreeing_turn_are_dropped():
+    def say(speaker, family, messages):
+        if speaker == "B" and _depth(messages, speaker) == 1 and family == "ap":
+            return "Fine, the answer is Milton."  # agrees with A: this branch stops
+        return stubborn(speaker, family, messages)
+
+    spec_backend, plain_backend = Scripted(say), Scripted(say)
+    (spec,) = grow(spec_backend)
+    (plain,) = grow(plain_backend, speculative=False)
+    shape = lambda t: [(n.id, n.parent, n.depth, n.family, n.text) for n in t.nodes]
+    assert shape(spec) == shape(plain) and spec.depth_counts() == [1, 2, 3, 6]
+    assert plain.requests == 2 * 12  # every recorded turn and its extraction, nothing else
+    assert spec.requests >= plain.requests  # speculation may have spent requests on the stopped branch
