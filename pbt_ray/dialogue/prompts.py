@@ -1,7 +1,7 @@
 """Prompt families, in our own words (PBT_SPEC.md §1.3 describes the reference's; the wording differs).
 
-Every turn opens with a shared preamble (answer the trivia question, show how sure you are and why) and
-the question; training dialogues add a length and topic limit. The family's instruction is appended to
+Every turn opens with a shared preamble (answer the trivia question, show how sure you are and why), a
+length and topic limit, and the question. The family's instruction is appended to
 the last user message, so it is the only part in which sibling turns differ. The standard family
 (``sp``) adds nothing and is used for evaluation dialogues.
 """
@@ -12,7 +12,7 @@ PREAMBLE = (
     "You are answering a trivia question together with another agent. Give your best answer, and make "
     "clear how confident you are and why you believe you are right."
 )
-TRAINING_LIMITS = (
+LIMITS = (
     "Answer in one or two sentences, with more than one word. Stay on this question: do not ask new "
     "questions or change the subject."
 )
@@ -38,14 +38,15 @@ FAMILY_NAMES = {"rp": "resist", "ap": "accept", "lp": "logical appeal", "ep": "e
                 "cp": "credibility appeal", "sp": "standard", "unknown": "?"}
 
 
-def opening(mode: str, question: str, choices: dict[str, str] | None = None) -> str:
+def opening(question: str, choices: dict[str, str] | None = None) -> str:
     """The first user message of every turn of a tree: preamble, limits (training) and the question.
 
     It is the same for every node of a tree, and the family instruction comes last (:func:`family_note`),
     so sibling turns share their whole transcript as a cacheable prefix.
     """
-    parts = [PREAMBLE] + ([TRAINING_LIMITS] if mode == "train" else [])
-    text = " ".join(parts) + f"\n\nQuestion: {question}"
+    # The length limit applies in both modes: the reference's standard prompt omits it, but without it
+    # small models loop under greedy decoding ("I'm ready to help. I'm ready to help. ...").
+    text = f"{PREAMBLE} {LIMITS}\n\nQuestion: {question}"
     if choices:
         text += "\nChoices: " + "; ".join(f"({label}) {choice}" for label, choice in choices.items())
         text += "\nAnswer with the letter of one choice and its text."

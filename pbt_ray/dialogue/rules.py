@@ -65,7 +65,7 @@ def messages_for(family: str, question: str, path: list[Node], speaker: str, cfg
     which the engine's prefix cache turns into skipped prefill. The server's chat template adds the
     generation prompt. With ``independent_first``, the second speaker's first turn sees no partner turn.
     """
-    messages = [{"role": "user", "content": opening(cfg.mode, question, choices)}]
+    messages = [{"role": "user", "content": opening(question, choices)}]
     if not (len(path) == 1 and cfg.independent_first):
         for node in path:
             role = "assistant" if node.speaker == speaker else "user"
