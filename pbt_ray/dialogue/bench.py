@@ -24,7 +24,8 @@ from pathlib import Path
 from pbt_ray.config import PBTConfig
 from pbt_ray.questions import Question, load_questions
 from pbt_ray.dialogue.pipeline import make_client, transport_for
-from pbt_ray.serving.client import ChatClient, ChatResult
+from pbt_ray.dialogue.growth import ChatBackend
+from pbt_ray.serving.client import ChatResult
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Rate:
 class RecordingClient:
     """Passes requests through and remembers (model, messages, completion tokens) of each."""
 
-    def __init__(self, client: ChatClient):
+    def __init__(self, client: ChatBackend):
         self.client, self.requests = client, []
 
     async def chat(self, model, messages, *, temperature, max_tokens, seed=None, extra=None) -> ChatResult:

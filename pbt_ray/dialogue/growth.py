@@ -20,12 +20,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pbt_ray.answers import canonical, is_correct, same_answer
 from pbt_ray.config import GrowConfig
 from pbt_ray.dialogue import extraction
 from pbt_ray.dialogue.extraction import extraction_messages
 from pbt_ray.dialogue.rules import clean, families_at, messages_for, request_seed, role_at, sampling, speaker_at
-from pbt_ray.dialogue.tree import Node, Tree, latest_answers
+from pbt_ray.dialogue.tree import Node, Tree, resolve_answer
 from pbt_ray.questions import Question
 from pbt_ray.serving.client import ChatResult, EndpointError
 
@@ -131,7 +130,7 @@ class GrowthEngine:
                 node.raw_answer, node.outcome = extraction.parse(extracted.text)
             if parent_known is not None:
                 await parent_known  # resolving needs the answers along the path
-            self._resolve(node, path, q)
+            resolve_answer(node, path, q.answers, q.choices)
         except BaseException:
             if children is not None:
                 children.cancel()
@@ -148,21 +147,6 @@ class GrowthEngine:
             except asyncio.CancelledError:
                 if not node.agree or asyncio.current_task().cancelling():
                     raise  # not our own cancellation of the speculative children: pass it on
-
-    @staticmethod
-    def _resolve(node: Node, path: list[Node], q: Question) -> None:
-        """Agree takes the partner's latest answer, Disagree keeps the speaker's own; NONE is no answer."""
-        before = latest_answers(path)
-        partner = "B" if node.speaker == "A" else "A"
-        if node.outcome == "answer":
-            node.answer = canonical(node.raw_answer, q.choices)
-        elif node.outcome == "agree":
-            node.answer = before[partner]
-        elif node.outcome == "disagree":
-            node.answer = before[node.speaker]
-        node.correct = is_correct(node.answer, q.answers, q.choices)
-        after = latest_answers([*path, node])
-        node.agree = same_answer(after["A"], after["B"])
 
     async def _request(self, state: _TreeState, who: str, messages, **params) -> ChatResult:
         model = self.models[who]

@@ -20,8 +20,8 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pbt_ray.answers import NONE, canonical, is_correct, parse_extraction, same_answer
-from pbt_ray.dialogue.tree import Node, Tree, TreeSchemaError, latest_answers, validate
+from pbt_ray.answers import NONE, parse_extraction
+from pbt_ray.dialogue.tree import Node, Tree, TreeSchemaError, resolve_answer, validate
 
 _AGENTS = {0: "A", 1: "B"}
 _TOKENS = {"agree": "Agree", "disagree": "Disagree", "none": NONE}
@@ -151,16 +151,7 @@ def tree_from_reference(record: dict, *, mode: str = "train", source: str = "ref
             id=len(tree.nodes), parent=parent, depth=depth, speaker=speaker, role=_role(depth),
             family=_family(depth, pos, mode), text=turn["generation"], raw_answer=raw, outcome=outcome,
         )
-        before = latest_answers(tree.path(parent))  # our own resolved answers on the path
-        if outcome == "answer":
-            node.answer = canonical(cleaned)
-        elif outcome == "agree":
-            node.answer = before["B" if speaker == "A" else "A"]
-        elif outcome == "disagree":
-            node.answer = before[speaker]
-        node.correct = is_correct(node.answer, gold)
-        after = {**before, speaker: node.answer}
-        node.agree = same_answer(after["A"], after["B"])
+        resolve_answer(node, tree.path(parent), gold, answer_text=cleaned)  # our own resolved answers on the path
         tree.nodes.append(node)
         queue.extend((kid, node.id, depth + 1, p) for p, kid in enumerate(children[ref_id]))
     if len(seen) != len(turns) - 1:

@@ -99,6 +99,29 @@ def latest_answers(path: list[Node]) -> dict[str, str | None]:
     return latest
 
 
+def resolve_answer(node: Node, path: list[Node], gold: list[str], choices: dict[str, str] | None = None,
+                   answer_text: str | None = None) -> None:
+    """Set ``node.answer``, ``correct`` and ``agree`` from its extraction outcome and the path before it.
+
+    Agree takes the partner's latest answer, Disagree keeps the speaker's own previous one, NONE is no
+    answer (and incorrect). ``answer_text`` is the extracted answer (default: ``node.raw_answer``). The one
+    rule for grown and imported trees alike.
+    """
+    from pbt_ray.answers import canonical, is_correct, same_answer
+
+    before = latest_answers(path)
+    partner = "B" if node.speaker == "A" else "A"
+    if node.outcome == "answer":
+        node.answer = canonical(node.raw_answer if answer_text is None else answer_text, choices)
+    elif node.outcome == "agree":
+        node.answer = before[partner]
+    elif node.outcome == "disagree":
+        node.answer = before[node.speaker]
+    node.correct = is_correct(node.answer, gold, choices)
+    after = {**before, node.speaker: node.answer}
+    node.agree = same_answer(after["A"], after["B"])
+
+
 # ---- Arrow rows ------------------------------------------------------------------------------
 
 
