@@ -228,8 +228,52 @@ class GrowConfig(_Strict):
 
 
 class MineConfig(_Strict):
-    rule: Literal["canonical", "reference"] = Field("canonical", description="Pair-mining rule (PBT_SPEC.md §2.12).")
-    balance: bool = Field(True, description="Equal numbers of resist and accept pairs.")
+    """Mining trees into preference pairs (`pbt mine`, pbt_ray/preferences/)."""
+
+    trees: str | None = Field(None, description="Trees to mine: a directory or file of our Parquet trees or reference JSONL; None: <run dir>/trees.")
+    out: str | None = Field(None, description="Output directory of the pairs; None: <run dir>/preferences.")
+    input_format: Literal["auto", "ours", "reference"] = Field(
+        "auto", description="Tree layout: ours (Parquet), reference (the authors' JSONL), or auto by file suffix."
+    )
+    rule: Literal["canonical", "reference"] = Field(
+        "canonical",
+        description="canonical: PBT_SPEC.md §2.12 (resist = persuadee right and persuaded towards wrong; accept = "
+        "persuadee wrong and persuaded towards right). reference: the authors' sum-tree and threshold logic, for ablations.",
+    )
+    reference_slots: Literal["published", "agent"] = Field(
+        "published",
+        description="reference rule only: 'published' reads the answer slots as the released code does (yields no "
+        "textbook pairs, PBT_SPEC.md §0.1); 'agent' keys slots by speaker (the intended reading).",
+    )
+    reference_gap: Literal[">", ">="] = Field(
+        ">", description="reference rule only: relative score gap comparison against 0.5 (the code uses '>')."
+    )
+    third_answer: Literal["label", "drop"] = Field(
+        "label",
+        description="Persuadee wrong, persuader wrong, a reply right: keep as type 'third_answer' (never mixed "
+        "into resist/accept) or drop with a counted reason.",
+    )
+    balance: Literal["balanced", "resist-only", "accept-only", "none"] = Field(
+        "balanced",
+        description="balanced: N accept + N resist per split (N = the scarcer type); resist-only / accept-only: N "
+        "of one type (the paper's ablations); none: every resist and accept pair.",
+    )
+    split_fractions: tuple[float, float, float] = Field(
+        (0.7, 0.15, 0.15), description="train/dev/test shares; a question's split is a hash of its id and the seed."
+    )
+    seed: int = Field(12, description="Seed of the split hashing and the balanced sampling.")
+    stance_check: bool = Field(
+        False,
+        description="Ask the extractor model whether each reply agrees with the persuader, and keep a pair only "
+        "if the chosen reply's stance fits its type (resist: disagrees; accept: agrees).",
+    )
+    on_broken_tree: Literal["skip", "fail"] = Field("skip", description="Broken trees: report and skip, or fail the run.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "MineConfig":
+        if any(f < 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ValueError(f"split_fractions must be three non-negative shares summing to 1, got {self.split_fractions}")
+        return self
 
 
 class TrainConfig(_Strict):

@@ -56,3 +56,13 @@ def opening(question: str, choices: dict[str, str] | None = None) -> str:
 def family_note(family: str) -> str:
     """The family's instruction, appended to the last user message before the speaker replies."""
     return FAMILIES.get(family, "")
+
+
+def neutral_instruction(question: str, choices: dict[str, str] | None = None) -> str:
+    """The first user message of a training prompt (DPO/SFT): the preamble and the question, no family
+    instruction and no partner instruction, so the trained model learns when to resist or accept from the
+    dialogue itself (PBT_SPEC.md §1.3, §2.9)."""
+    text = f"{PREAMBLE}\nQuestion: {question}"
+    if choices:
+        text += "\nChoices: " + "; ".join(f"({label}) {choice}" for label, choice in choices.items())
+    return text

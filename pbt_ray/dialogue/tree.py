@@ -189,5 +189,15 @@ def validate(tree: Tree) -> None:
             raise TreeSchemaError(f"{where}: node {n.id} has unknown parent {n.parent}")
         if n.speaker not in SPEAKERS or n.role not in ROLES or n.outcome not in OUTCOMES:
             raise TreeSchemaError(f"{where}: node {n.id} has speaker/role/outcome {n.speaker}/{n.role}/{n.outcome}")
+    parent_of = {n.id: n.parent for n in tree.nodes}
+    reaches_root: set[int] = {-1}
+    for n in tree.nodes:  # every parent chain must end at the first turn; a loop never does
+        chain, current = [], n.id
+        while current not in reaches_root:
+            if current in chain:
+                raise TreeSchemaError(f"{where}: node {n.id}'s parent links form a cycle through node {current}")
+            chain.append(current)
+            current = parent_of[current]
+        reaches_root.update(chain)
     if tree.status not in TREE_STATUSES:
         raise TreeSchemaError(f"{where}: status {tree.status!r}")
