@@ -17,7 +17,6 @@ from pbt_ray import __version__
 
 # Stages that later work fills in; until then they say so and exit with this code.
 NOT_BUILT = {
-    "mine": ("mine trees into balanced resist/accept preference pairs", "issue 4"),
     "train": ("DPO on Ray Train (TRL + PEFT LoRA + DeepSpeed ZeRO)", "issue 5"),
     "eval": ("serve the trained adapter and run the persuasion evaluations", "issue 6"),
     "report": ("HTML report and plots of an evaluation run", "issue 6"),
@@ -63,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="include failed trees")
     _add_config_args(p)
 
+    p = sub.add_parser("mine", help="mine trees into balanced resist/accept preference pairs (TRL-ready Parquet)")
+    _add_config_args(p)
+    p.add_argument("--trees", help="run directory, trees directory, trees Parquet or reference .jsonl [the config's run dir]")
+    p.add_argument("--out", help="output directory [<run dir>/preferences]")
+    p.add_argument("--input-format", choices=["auto", "ours", "reference"], help="tree layout [auto: by file suffix]")
+    p.add_argument("--mode", choices=["canonical", "reference"], help="mining rule [mine.rule: canonical]")
+    p.add_argument("--balance", choices=["balanced", "resist-only", "accept-only", "none"], help="dataset [mine.balance: balanced]")
+    p.add_argument("--stance-check", action="store_true", help="confirm each pair's reply stances with the extractor model")
+    p.add_argument("--url", help="OpenAI-compatible endpoint for --stance-check [start the debater app]")
+    p.add_argument("--no-ray", action="store_true", help="mine in this process instead of Ray Data tasks")
+
     for name, (what, _) in NOT_BUILT.items():
         p = sub.add_parser(name, help=what)
         _add_config_args(p)
@@ -95,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pbt_ray.config import ConfigError
     from pbt_ray.models import ModelError
+    from pbt_ray.preferences.mining import MineError
     from pbt_ray.questions import QuestionFileError
     from pbt_ray.serving.app import ServeError
     from pbt_ray.serving.client import EndpointError
@@ -104,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pbt: config error: {exc}", file=sys.stderr)
         return 2
-    except (ModelError, ServeError, EndpointError, QuestionFileError) as exc:
+    except (ModelError, ServeError, EndpointError, QuestionFileError, MineError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -144,6 +155,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _grow(cfg)
     if args.command == "view":
         return _view(cfg, args)
+    if args.command == "mine":
+        return _mine(cfg, args)
     if args.command == "bench":
         return _bench(cfg, args)
     raise AssertionError(args.command)
@@ -262,6 +275,42 @@ def _view(cfg, args) -> int:
         print(f"[pbt] wrote {args.html}")
     else:
         print(render_text(chosen, color=sys.stdout.isatty()))
+    return 0
+
+
+def _mine(cfg, args) -> int:
+    from pbt_ray.loop import check_endpoint, debater_endpoint
+    from pbt_ray.preferences.mining import mine
+    from pbt_ray.runtime import ray_cluster
+
+    updates = {"input_format": args.input_format, "rule": args.mode, "balance": args.balance}
+    updates = {k: v for k, v in updates.items() if v is not None}
+    if args.stance_check:
+        updates["stance_check"] = True
+    cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update=updates)})
+    kwargs = {"trees": args.trees, "out": args.out, "use_ray": not args.no_ray}
+    if not cfg.mine.stance_check:
+        if args.no_ray:
+            mine(cfg, **kwargs)
+        else:
+            with ray_cluster(cfg):
+                mine(cfg, **kwargs)
+        return 0
+    from pbt_ray.dialogue.pipeline import request_models
+    from pbt_ray.preferences.stance import endpoint_stance_check
+
+    def run_with(url: str) -> None:
+        check = endpoint_stance_check(url, request_models(cfg)["extractor"], cfg.serve.request_timeout_s)
+        mine(cfg, stance_check=check, **kwargs)
+
+    if args.url:
+        cfg = cfg.model_copy(update={"grow": cfg.grow.model_copy(update={"endpoint": args.url})})
+        check_endpoint(cfg, args.url.rstrip("/"))
+        with ray_cluster(cfg):
+            run_with(args.url.rstrip("/"))
+    else:
+        with ray_cluster(cfg), debater_endpoint(cfg) as url:
+            run_with(url)
     return 0
 
 

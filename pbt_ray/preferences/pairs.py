@@ -96,7 +96,9 @@ def pair_schema():
         ("prompt", message), ("chosen", message), ("rejected", message),
         ("type", pa.string()), ("rule", pa.string()), ("pair_id", pa.string()),
         ("tree_id", pa.string()), ("question_id", pa.string()), ("question", pa.string()),
-        ("gold", pa.list_(pa.string())), ("choices", pa.map_(pa.string(), pa.string())),
+        ("gold", pa.list_(pa.string())),
+        # a list of structs, not an Arrow map: `datasets` has no feature type for maps
+        ("choices", pa.list_(pa.struct([("label", pa.string()), ("text", pa.string())]))),
         ("style", pa.string()), ("depth", pa.int32()), ("parent_node", pa.int32()),
         ("chosen_node", pa.int32()), ("rejected_node", pa.int32()),
         ("chosen_family", pa.string()), ("rejected_family", pa.string()),
@@ -111,14 +113,14 @@ def pair_schema():
 
 def to_row(pair: Pair, split: str | None = None) -> dict[str, Any]:
     row = dataclasses.asdict(pair)
-    row["choices"] = None if pair.choices is None else list(pair.choices.items())
+    row["choices"] = None if pair.choices is None else [{"label": k, "text": v} for k, v in pair.choices.items()]
     row["split"] = split
     return row
 
 
 def from_row(row: dict[str, Any]) -> Pair:
     data = {f.name: row[f.name] for f in dataclasses.fields(Pair) if f.name in row}
-    data["choices"] = None if data.get("choices") is None else dict(data["choices"])
+    data["choices"] = None if data.get("choices") is None else {c["label"]: c["text"] for c in data["choices"]}
     for key in ("prompt", "chosen", "rejected"):
         data[key] = [dict(m) for m in data[key]]
     data["gold"] = list(data["gold"])

@@ -72,3 +72,13 @@ def random_tree(rng: random.Random, i: int) -> Tree:
         return rng.choice(ANSWER_POOL)
 
     return build_tree(answer, tree_id=f"r{i}", question_id=f"rq{i % 40}")
+
+
+def write_ours(path, trees) -> None:
+    """Trees as one Parquet part file, the way `pbt grow` writes them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pbt_ray.dialogue.tree import to_row, tree_schema
+
+    pq.write_table(pa.Table.from_pylist([to_row(t) for t in trees], schema=tree_schema()), path)
