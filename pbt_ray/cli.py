@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pbt-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="the main job: the whole loop on the configured cluster (today: serve, debate, grow)")
+    p = sub.add_parser("run", help="the main job: the whole loop on the configured cluster (today: serve, debate, grow, mine)")
     _add_config_args(p)
     p.add_argument("--question", help="debate this question instead of the first bundled one")
 
@@ -139,7 +139,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         what, issue = NOT_BUILT[args.command]
         print(
             f"pbt {args.command}: not built yet ({what}; arrives with {issue}). "
-            "Today `pbt run` serves the debaters, holds a demo debate and grows the trees.",
+            "Today `pbt run` serves the debaters, holds a demo debate, grows the trees and mines the pairs.",
             file=sys.stderr,
         )
         return EXIT_NOT_BUILT

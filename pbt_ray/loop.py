@@ -1,7 +1,7 @@
 """The loop's stages, composed: what `pbt run` and the `jobs/` entrypoints call.
 
-Today: serve the debaters, hold one demo debate, grow the trees. Mining, training and evaluation
-join as they are built.
+Today: serve the debaters, hold one demo debate, grow the trees, mine them into preference pairs.
+Training and evaluation join as they are built.
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
 
 
 def run(cfg: PBTConfig, question: str | None = None, log=print) -> int:
-    """The main job: serve, one demo debate (printed), then grow the configured trees."""
+    """The main job: serve, one demo debate (printed), grow the configured trees, mine them into pairs."""
     from pbt_ray.dialogue.pipeline import grow_trees
     from pbt_ray.dialogue.view import render_text
+    from pbt_ray.preferences.mining import mine
     from pbt_ray.runtime import ray_cluster
 
     with ray_cluster(cfg, log=log), debater_endpoint(cfg, log=log) as url:
@@ -82,7 +83,9 @@ def run(cfg: PBTConfig, question: str | None = None, log=print) -> int:
         out.write_text(json.dumps(to_row(tree), indent=2) + "\n")
         log(f"[pbt] debate written to {out}\n")
         summary = grow_trees(cfg, url, log=log)
-    log(format_grow_summary(summary, cfg))
+        log(format_grow_summary(summary, cfg))
+        # Mining reads the run's trees (this run's and earlier ones); the pairs go to <run dir>/preferences.
+        mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), log=log)
     return 0 if tree.status == "complete" and summary.failed == 0 else 1
 
 

@@ -47,6 +47,22 @@ def test_grow_four_full_trees_through_ray_data(debater_app, tmp_path):
     again = grow_trees(cfg, url, progress=False)  # a rerun finds everything done and grows nothing
     assert (again.grown, again.already_done) == (0, 4)
 
+    # Mining the real trees (Ray Data tasks on the session cluster): every persuasion turn is accounted for.
+    from pbt_ray.preferences.mining import mine
+
+    stats = mine(cfg, log=lambda *_: None)
+    persuasion_turns = sum(1 for t in trees for n in t.nodes if n.role == "persuader"
+                           and t.nodes[n.parent].speaker == "B")
+    assert stats["trees"] == 4 and stats["candidates"] == persuasion_turns
+    no_unit_trees = sum(1 for t in trees if not any(n.role == "persuader" for n in t.nodes))
+    pair_units = {(p["tree_id"], p["parent_node"]) for p in pq.read_table(
+        cfg.run_dir / "preferences" / "candidates.parquet").to_pylist()}
+    unit_drops = sum(v for k, v in stats["drops_by_reason"].items() if k != "no_persuasion_turn")
+    assert len(pair_units) + unit_drops == persuasion_turns
+    assert stats["drops_by_reason"].get("no_persuasion_turn", 0) == no_unit_trees
+    for split in ("train", "dev", "test"):
+        assert (cfg.run_dir / "preferences" / "pairs" / f"{split}.parquet").is_file()
+
 
 def test_killed_grow_resumes_without_duplicates_or_losses(debater_app, tmp_path):
     base, url = debater_app

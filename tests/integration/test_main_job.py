@@ -36,3 +36,6 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     assert "growing trees" in proc.stderr
     assert "[pbt] trees: 2 grown, 0 already done, 0 failed" in out
     assert len(list(read_trees(tmp_path / "local"))) == 2
+    # Then the pairs, with the stats report.
+    assert "pairs by type:" in out and "[pbt] pairs in" in out
+    assert (tmp_path / "local" / "preferences" / "mine_stats.json").is_file()
