@@ -17,7 +17,6 @@ from pbt_ray import __version__
 
 # Stages that later work fills in; until then they say so and exit with this code.
 NOT_BUILT = {
-    "train": ("DPO on Ray Train (TRL + PEFT LoRA + DeepSpeed ZeRO)", "issue 5"),
     "eval": ("serve the trained adapter and run the persuasion evaluations", "issue 6"),
     "report": ("HTML report and plots of an evaluation run", "issue 6"),
 }
@@ -73,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="OpenAI-compatible endpoint for --stance-check [start the debater app]")
     p.add_argument("--no-ray", action="store_true", help="mine in this process instead of Ray Data tasks")
 
+    p = sub.add_parser("train", help="DPO of a LoRA adapter on Ray Train (TRL + PEFT + DeepSpeed ZeRO)")
+    _add_config_args(p)
+    p.add_argument("--pairs", help="directory written by `pbt mine` [<run dir>/preferences]")
+    p.add_argument("--record-samples", action="store_true",
+                   help="write the pair rows of every micro-batch to <run dir>/train/samples/ (data-order audit)")
+
     for name, (what, _) in NOT_BUILT.items():
         p = sub.add_parser(name, help=what)
         _add_config_args(p)
@@ -106,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.config import ConfigError
     from pbt_ray.models import ModelError
     from pbt_ray.preferences.mining import MineError
+    from pbt_ray.training.data import TrainDataError
+    from pbt_ray.training.launch import TrainError
     from pbt_ray.questions import QuestionFileError
     from pbt_ray.serving.app import ServeError
     from pbt_ray.serving.client import EndpointError
@@ -115,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pbt: config error: {exc}", file=sys.stderr)
         return 2
-    except (ModelError, ServeError, EndpointError, QuestionFileError, MineError) as exc:
+    except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
+            TrainDataError, TrainError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -157,6 +165,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _view(cfg, args)
     if args.command == "mine":
         return _mine(cfg, args)
+    if args.command == "train":
+        return _train(cfg, args)
     if args.command == "bench":
         return _bench(cfg, args)
     raise AssertionError(args.command)
@@ -311,6 +321,18 @@ def _mine(cfg, args) -> int:
     else:
         with ray_cluster(cfg), debater_endpoint(cfg) as url:
             run_with(url)
+    return 0
+
+
+def _train(cfg, args) -> int:
+    from pbt_ray.runtime import ray_cluster
+    from pbt_ray.training.launch import train
+
+    with ray_cluster(cfg):
+        metrics = train(cfg, args.pairs, record_samples=args.record_samples)
+    keys = ("global_step", "train_loss", "eval_loss", "eval_rewards/accuracies", "seconds")
+    print("[pbt] " + ", ".join(f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+                               for k in keys if k in metrics))
     return 0
 
 

@@ -123,8 +123,11 @@ def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
         raise
     finally:
         with contextlib.suppress(Exception):
+            import logging
+
             from ray import serve
 
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "Nothing to shut down" when Serve never ran
             serve.shutdown()
         ray.shutdown()
         if failed:

@@ -57,3 +57,20 @@ def test_pbt_mine_cli_then_dpo_steps_on_the_pairs(tmp_path):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+
+
+def test_stance_check_against_the_served_extractor(debater_app, tmp_path):
+    """The optional stance check asks the real extractor about every reply; each pair is kept or counted."""
+    from pbt_ray.config import load_config
+    from pbt_ray.preferences.mining import mine
+    from pbt_ray.preferences.stance import endpoint_stance_check
+
+    base, url = debater_app
+    (tmp_path / "trees").mkdir()
+    write_ours(tmp_path / "trees" / "part-0.parquet", [fixture_tree("F1"), fixture_tree("F2")])
+    cfg = load_config("local", [f"runs_dir={tmp_path}", "name=stance", "mine.balance=none",
+                                "mine.split_fractions=[1.0,0.0,0.0]", f"serve.port={base.serve.port}"])
+    stats = mine(cfg, stance_check=endpoint_stance_check(url, "extractor"), use_ray=False, log=lambda *_: None)
+    kept = sum(stats["pairs_by_type"].values())
+    checked = stats["drops_by_reason"].get("stance_unconfirmed", 0) + stats["drops_by_reason"].get("stance_unreadable", 0)
+    assert kept + checked == 12  # 6 resist (F1) + 6 accept (F2), each confirmed or dropped with a reason

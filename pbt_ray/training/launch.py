@@ -1,0 +1,212 @@
+"""`pbt train` on the driver: check everything, request the workers, show progress, export the adapter.
+
+Every check that can fail runs before Ray Train asks for a placement group: the pairs, the model (chat
+template, context length, LoRA targets), the storage path, and whether the cluster can ever hold the
+requested workers (a request that can never be satisfied otherwise waits forever, the most common
+multi-node complaint in ANCHORS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pbt_ray.config import PBTConfig, TrainConfig
+from pbt_ray.training.data import TrainDataError, check_model, check_pairs_file, pairs_files, resolve_model_path
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+class TrainError(RuntimeError):
+    """Training could not start or did not finish; the message says why and what to change."""
+
+
+def worker_resources(tcfg: TrainConfig) -> dict[str, float]:
+    need = {"CPU": tcfg.cpus_per_worker}
+    if tcfg.use_gpu:
+        need["GPU"] = 1.0
+    return need
+
+
+def workers_that_fit(need: dict[str, float], nodes: list[dict[str, float]]) -> int:
+    """How many workers with ``need`` the nodes can hold at once (each worker on one node)."""
+    total = 0
+    for node in nodes:
+        total += int(min(node.get(key, 0.0) // amount for key, amount in need.items() if amount > 0))
+    return total
+
+
+def check_resources(tcfg: TrainConfig, nodes: list[dict[str, float]], spare: dict[str, float] | None = None) -> None:
+    """Fail fast, with the numbers, when the cluster's nodes can never hold the requested workers."""
+    need = worker_resources(tcfg)
+    fit = workers_that_fit(need, nodes)
+    if fit < tcfg.num_workers:
+        summary = "; ".join(f"node {i}: " + ", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if k in need)
+                            for i, n in enumerate(nodes)) or "no nodes"
+        raise TrainError(
+            f"train needs {tcfg.num_workers} workers x {need} but the cluster's nodes can hold {fit} at most "
+            f"({summary}). Lower train.num_workers or train.cpus_per_worker, or add nodes "
+            "(an autoscaling cluster: raise its max workers for this node type).")
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def resolve_storage(cfg: PBTConfig) -> str:
+    """An absolute local path or a URI Ray Train can write to; checked now, not at the first checkpoint."""
+    raw = cfg.train.storage_path or str(cfg.run_dir / "checkpoints")
+    if "://" in raw:
+        import pyarrow.fs
+
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(raw)
+            fs.get_file_info(path)
+        except Exception as exc:  # noqa: BLE001 - credentials, DNS, unknown scheme: one clear message
+            raise TrainError(f"train.storage_path {raw} is not reachable ({exc}); check the URI and credentials") from None
+        return raw
+    path = Path(raw).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".pbt-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainError(f"train.storage_path {path} is not writable ({exc})") from None
+    return str(path)
+
+
+def prepare(cfg: PBTConfig, pairs: str | None = None, log=print) -> dict[str, Any]:
+    """All driver-side checks; returns what the workers need."""
+    tcfg = cfg.train
+    files = pairs_files(pairs or tcfg.pairs or cfg.run_dir / "preferences")
+    rows = check_pairs_file(files["train"])
+    dev_rows = check_pairs_file(files["dev"], required=False) if "dev" in files else 0
+    if dev_rows == 0:
+        files.pop("dev", None)
+    model_path = resolve_model_path(tcfg.base_model)
+    info = check_model(model_path, tcfg.max_length, list(tcfg.lora_targets))
+    storage = resolve_storage(cfg)
+    log(f"[pbt] training {info['model_type']} ({info['parameters'] / 1e6:.0f}M parameters) from {model_path}: "
+        f"{rows} train pairs, {dev_rows} dev pairs; {tcfg.num_workers} workers, "
+        f"ZeRO-{tcfg.zero_stage}{' + offload' if tcfg.offload_optimizer or tcfg.offload_params else ''}, "
+        f"LoRA r={tcfg.lora_r} on {', '.join(tcfg.lora_targets)}; checkpoints in {storage}/{tcfg.run_name}")
+    return {"files": {k: str(v) for k, v in files.items()}, "model_path": model_path, "storage": storage,
+            "rows": rows, "dev_rows": dev_rows, "model": info}
+
+
+def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool = True,
+          record_samples: bool = False) -> dict[str, Any]:
+    """Run DPO under Ray Train; returns the final metrics. Must run inside ``ray_cluster``."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
+
+    from pbt_ray.training.worker import train_loop_per_worker
+
+    tcfg = cfg.train
+    plan = prepare(cfg, pairs, log=log)
+    check_resources(tcfg, cluster_nodes())
+    out_dir = cfg.run_dir / "train"
+    samples_dir = out_dir / "samples" if record_samples else None
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": tcfg.model_dump(mode="json"), "model_path": plan["model_path"],
+                           "files": plan["files"], "progress": queue,
+                           "samples_dir": str(samples_dir) if samples_dir else None},
+        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
+                                     resources_per_worker=worker_resources(tcfg),
+                                     accelerator_type=tcfg.accelerator_type),
+        torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
+        run_config=RunConfig(name=tcfg.run_name, storage_path=plan["storage"],
+                             checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=tcfg.max_failures)),
+    )
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - reported on the driver thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="pbt-train-fit", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    _show_progress(thread, queue, log, progress)
+    thread.join()
+    if "error" in outcome:
+        raise TrainError(f"training failed: {outcome['error']}") from outcome["error"]
+    result = outcome["result"]
+    if result.checkpoint is None:
+        raise TrainError("training finished without a checkpoint; see the worker logs")
+    metrics = dict(result.metrics or {})
+    metrics["seconds"] = round(time.monotonic() - started, 1)
+    exported = export(result.checkpoint, cfg, metrics, log=log)
+    with contextlib.suppress(Exception):
+        ray.kill(queue.actor)
+    return {**metrics, **exported}
+
+
+def _show_progress(thread: threading.Thread, queue, log, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    bar = None
+    shown = {"loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies", "learning_rate"}
+    while thread.is_alive() or not queue.empty():
+        try:
+            item = queue.get(timeout=1.0)
+        except Exception:  # noqa: BLE001 - Empty, or the queue actor is gone after fit
+            continue
+        if progress and bar is None and item.get("max_steps"):
+            bar = tqdm(total=item["max_steps"], desc=f"training ({item['stage']})", unit="step")
+        if bar is not None:
+            bar.update(max(0, item["step"] - bar.n))
+            bar.set_postfix({k.replace("rewards/", ""): f"{v:.3g}" for k, v in item.items() if k in shown})
+        else:
+            log("[pbt] " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in item.items()))
+    if bar is not None:
+        bar.close()
+
+
+def export(checkpoint, cfg: PBTConfig, metrics: dict[str, Any], log=print) -> dict[str, Any]:
+    """Copy the adapter (and its tokenizer files) out of the final checkpoint; optionally merge it."""
+    out = cfg.run_dir / "adapter"
+    with checkpoint.as_directory() as directory:
+        source = Path(directory)
+        if not any((source / name).is_file() for name in ADAPTER_FILES):
+            raise TrainError(f"the final checkpoint {checkpoint.path} holds no adapter files")
+        tmp = out.with_name(".adapter.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("global_step*", "*.pt", "*.pth", "zero_to_fp32.py"))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    (cfg.run_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    log(f"[pbt] adapter in {out}; metrics in {cfg.run_dir / 'train_metrics.json'}")
+    result = {"adapter": str(out)}
+    if cfg.train.merge:
+        result["merged"] = str(merge_adapter(resolve_model_path(cfg.train.base_model), out, cfg.run_dir / "merged"))
+        log(f"[pbt] merged model in {result['merged']}")
+    return result
+
+
+def merge_adapter(base: str, adapter: Path, out: Path) -> Path:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload()
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
+__all__ = ["TrainDataError", "TrainError", "check_resources", "prepare", "train", "workers_that_fit"]
