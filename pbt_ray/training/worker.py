@@ -78,6 +78,15 @@ def _progress_callback(queue, rank: int, stage: str):
     return Progress()
 
 
+def _checkpoint_step(checkpoint) -> int:
+    """The optimizer step a Ray Train checkpoint of the HF trainer was taken at (0: none)."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        state = Path(directory) / "checkpoint" / "trainer_state.json"
+        return json.loads(state.read_text())["global_step"] if state.is_file() else 0
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
@@ -134,6 +143,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     samples = Path(config["samples_dir"]) / f"rank-{rank}.jsonl" if config.get("samples_dir") else None
     if samples is not None:
         samples.parent.mkdir(parents=True, exist_ok=True)
+        with open(samples, "a", encoding="utf-8") as handle:  # one segment per (re)start of the worker group
+            handle.write(json.dumps({"start": True, "resumed_from_step": _checkpoint_step(checkpoint)}) + "\n")
     trainer.data_collator = _RecordingCollator(trainer.data_collator, samples)
     trainer = prepare_trainer(trainer)
 
