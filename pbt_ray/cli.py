@@ -78,6 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-samples", action="store_true",
                    help="write the pair rows of every micro-batch to <run dir>/train/samples/ (data-order audit)")
 
+    p = sub.add_parser("plan-train", help="estimate per-GPU and per-node memory of a DPO run; suggest a setting that fits")
+    p.add_argument("--model", default="llama-3.1-8b",
+                   help="llama-3.1-8b, llama-3.1-70b, llama-3.1-405b, mistral-7b, smollm2-135m, a hub id of those, "
+                        "or a directory with config.json [llama-3.1-8b]")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="[8]")
+    p.add_argument("--nodes", type=int, default=1, help="[1]")
+    p.add_argument("--zero", type=int, choices=[0, 2, 3], default=2, help="DeepSpeed ZeRO stage [2]")
+    p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload of optimizer states to CPU")
+    p.add_argument("--offload-params", action="store_true", help="ZeRO-3: parameters in CPU memory too")
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--lora-rank", type=int, default=16, help="[16]")
+    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj", help="[q_proj,k_proj,v_proj]")
+    p.add_argument("--seq-len", type=int, default=1000, help="prompt + reply tokens [1000]")
+    p.add_argument("--micro-batch", type=int, default=7, help="pairs per GPU per micro-step [7]")
+    p.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU [80, H100]")
+    p.add_argument("--cpu-memory", type=float, default=1800.0, help="GiB of CPU memory per node [1800]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     for name, (what, _) in NOT_BUILT.items():
         p = sub.add_parser(name, help=what)
         _add_config_args(p)
@@ -102,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--questions", type=int, default=16, help="trees grown by (a), (b) and the pipelines [16]")
     b.add_argument("--reference-questions", type=int, default=2, help="trees grown one request at a time by (c) [2]")
     b.add_argument("--no-pipelines", action="store_true", help="skip the `pbt grow` runs with 1 and 2 growers")
+    b.add_argument("--output", help="also write the results as JSON to this file")
+    b = bench.add_parser("train", help="DPO steps/s and tokens/s under Ray Train vs. the same run under torchrun")
+    _add_config_args(b)
+    b.add_argument("--pairs", help="directory written by `pbt mine` [<run dir>/preferences]")
+    b.add_argument("--steps", type=int, default=12, help="optimizer steps per side [12]")
+    b.add_argument("--warmup", type=int, default=3, help="first steps left out of the steady state [3]")
     b.add_argument("--output", help="also write the results as JSON to this file")
     return parser
 
@@ -136,6 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "model":
         return _model(args.action)
+    if args.command == "plan-train":
+        return _plan_train(args)
     if args.command == "config" and args.list_presets:
         print("\n".join(preset_names()))
         return 0
@@ -336,9 +363,42 @@ def _train(cfg, args) -> int:
     return 0
 
 
+def _plan_train(args) -> int:
+    from pbt_ray.training.plan import Setting, cheapest, format_plan, model_spec, plan
+
+    try:
+        spec = model_spec(args.model)
+        setting = Setting(gpus_per_node=args.gpus_per_node, nodes=args.nodes, zero_stage=args.zero,
+                          offload_optimizer=args.offload_optimizer, offload_params=args.offload_params,
+                          lora=not args.full, lora_rank=args.lora_rank,
+                          lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+                          seq_len=args.seq_len, micro_batch=args.micro_batch,
+                          gradient_checkpointing=not args.no_checkpointing, gpu_memory_gib=args.gpu_memory,
+                          cpu_memory_gib=args.cpu_memory)
+        result = plan(spec, setting)
+    except ValueError as exc:
+        print(f"pbt plan-train: {exc}", file=sys.stderr)
+        return 2
+    suggestion = None if result.fits else cheapest(spec, setting)
+    if args.json:
+        print(json.dumps({"plan": result.as_dict(), "suggestion": suggestion.as_dict() if suggestion else None}, indent=2))
+    else:
+        print(format_plan(result, suggestion))
+    return 0 if result.fits else 1
+
+
 def _bench(cfg, args) -> int:
     from pbt_ray.serving.bench import run_serve_bench
 
+    if args.bench == "train":
+        from pbt_ray.runtime import ray_cluster
+        from pbt_ray.training.bench import run_train_bench
+
+        with ray_cluster(cfg):
+            result = run_train_bench(cfg, args.pairs, args.steps, args.warmup)
+        if args.output:
+            Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if args.bench == "grow":
         from pbt_ray.dialogue.bench import run_grow_bench, write_result
 

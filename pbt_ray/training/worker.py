@@ -51,6 +51,7 @@ class _RecordingCollator:
 
     def __init__(self, inner, path: Path | None):
         self.inner, self.path = inner, path
+        self.tokens = 0  # prompt + chosen and prompt + rejected tokens of every micro-batch (for benchmarks)
 
     def __call__(self, examples: list[dict]) -> dict:
         from pbt_ray.training.data import SAMPLE_INDEX
@@ -60,6 +61,7 @@ class _RecordingCollator:
             split = "dev" if rows and rows[0] < 0 else "train"
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"split": split, "rows": [r if r >= 0 else -1 - r for r in rows]}) + "\n")
+        self.tokens += sum(2 * len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
         keep = ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
         return self.inner([{k: v for k, v in e.items() if k in keep} for e in examples])
 
@@ -87,11 +89,11 @@ def _checkpoint_step(checkpoint) -> int:
         return json.loads(state.read_text())["global_step"] if state.is_file() else 0
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
+def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, save: bool = True):
+    """TRL's DPOTrainer on a LoRA adapter with the DeepSpeed config, Ray-free: the Ray worker below and
+    the torchrun side of `pbt bench train` build the very same trainer."""
     import torch
     from peft import LoraConfig
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
@@ -99,6 +101,52 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pbt_ray.training.data import load_pairs
 
     tcfg = TrainConfig(**config["train"])
+    bf16 = use_bf16(tcfg.precision, tcfg.use_gpu)
+    torch.manual_seed(tcfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_data = load_pairs(config["files"]["train"])
+    dev_data = load_pairs(config["files"]["dev"], tcfg.dev_limit, dev=True) if config["files"].get("dev") else None
+    evaluate = dev_data is not None and len(dev_data) > 0
+    args = DPOConfig(
+        output_dir=tempfile.mkdtemp(prefix=f"pbt-train-rank{rank}-"), seed=tcfg.seed, data_seed=tcfg.seed,
+        num_train_epochs=tcfg.epochs, max_steps=tcfg.max_steps,
+        per_device_train_batch_size=tcfg.per_device_batch_size, gradient_accumulation_steps=tcfg.gradient_accumulation,
+        per_device_eval_batch_size=tcfg.eval_batch_size,
+        learning_rate=tcfg.learning_rate, lr_scheduler_type=tcfg.lr_scheduler, warmup_steps=tcfg.warmup_steps,
+        beta=tcfg.beta, loss_type=[tcfg.loss_type], max_length=tcfg.max_length,
+        precompute_ref_log_probs=tcfg.reference == "precomputed",
+        bf16=bf16, use_cpu=not tcfg.use_gpu, gradient_checkpointing=tcfg.gradient_checkpointing,
+        deepspeed=deepspeed_config(tcfg.zero_stage, tcfg.offload_optimizer, tcfg.offload_params),
+        save_strategy="steps" if save else "no", save_steps=tcfg.checkpoint_every, save_total_limit=tcfg.keep_checkpoints,
+        eval_strategy=("steps" if tcfg.eval_steps else "epoch") if evaluate else "no", eval_steps=tcfg.eval_steps,
+        logging_steps=tcfg.logging_steps, report_to=list(tcfg.loggers) or "none", disable_tqdm=True,
+        ddp_find_unused_parameters=False, remove_unused_columns=False,
+    )
+    # Loaded after the DeepSpeed config exists: under ZeRO-3 transformers then partitions the weights while
+    # loading (zero.Init) instead of materializing the whole model in every worker's CPU memory. zero.Init
+    # needs DeepSpeed's communication up (it wraps the process group Ray or torchrun created); transformers
+    # only starts it later on CPU, and zero.Init would then see a world of 1 and reject the batch sizes.
+    if tcfg.zero_stage == 3:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if tcfg.use_gpu else "gloo")
+    model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32)
+    peft_config = LoraConfig(r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
+                             target_modules=list(tcfg.lora_targets), bias="none", task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_data,
+                         eval_dataset=dev_data if evaluate else None, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=callbacks)
+    samples = Path(config["samples_dir"]) / f"rank-{rank}.jsonl" if config.get("samples_dir") else None
+    trainer.data_collator = _RecordingCollator(trainer.data_collator, samples)
+    return trainer
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     checkpoint = ray.train.get_checkpoint()
@@ -108,45 +156,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(json.loads((Path(directory) / FINAL_MARKER).read_text())["metrics"],
                                  checkpoint=checkpoint if rank == 0 else None)
                 return
-
-    bf16 = use_bf16(tcfg.precision, tcfg.use_gpu)
-    torch.manual_seed(tcfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32)
-    train_data = load_pairs(config["files"]["train"])
-    dev_data = load_pairs(config["files"]["dev"], tcfg.dev_limit, dev=True) if config["files"].get("dev") else None
-    output_dir = tempfile.mkdtemp(prefix=f"pbt-train-rank{rank}-")
-    evaluate = dev_data is not None and len(dev_data) > 0
-    args = DPOConfig(
-        output_dir=output_dir, seed=tcfg.seed, data_seed=tcfg.seed,
-        num_train_epochs=tcfg.epochs, max_steps=tcfg.max_steps,
-        per_device_train_batch_size=tcfg.per_device_batch_size, gradient_accumulation_steps=tcfg.gradient_accumulation,
-        per_device_eval_batch_size=tcfg.eval_batch_size,
-        learning_rate=tcfg.learning_rate, lr_scheduler_type=tcfg.lr_scheduler, warmup_steps=tcfg.warmup_steps,
-        beta=tcfg.beta, loss_type=[tcfg.loss_type], max_length=tcfg.max_length,
-        precompute_ref_log_probs=tcfg.reference == "precomputed",
-        bf16=bf16, use_cpu=not tcfg.use_gpu, gradient_checkpointing=tcfg.gradient_checkpointing,
-        deepspeed=deepspeed_config(tcfg.zero_stage, tcfg.offload_optimizer, tcfg.offload_params),
-        save_strategy="steps", save_steps=tcfg.checkpoint_every, save_total_limit=tcfg.keep_checkpoints,
-        eval_strategy=("steps" if tcfg.eval_steps else "epoch") if evaluate else "no", eval_steps=tcfg.eval_steps,
-        logging_steps=tcfg.logging_steps, report_to=list(tcfg.loggers) or "none", disable_tqdm=True,
-        ddp_find_unused_parameters=False, remove_unused_columns=False,
-    )
-    peft_config = LoraConfig(r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
-                             target_modules=list(tcfg.lora_targets), bias="none", task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_data,
-                         eval_dataset=dev_data if evaluate else None, processing_class=tokenizer,
-                         peft_config=peft_config,
-                         callbacks=[RayTrainReportCallback(), _progress_callback(config.get("progress"), rank, "dpo")])
-    samples = Path(config["samples_dir"]) / f"rank-{rank}.jsonl" if config.get("samples_dir") else None
-    if samples is not None:
+    if config.get("samples_dir"):
+        samples = Path(config["samples_dir"]) / f"rank-{rank}.jsonl"
         samples.parent.mkdir(parents=True, exist_ok=True)
         with open(samples, "a", encoding="utf-8") as handle:  # one segment per (re)start of the worker group
             handle.write(json.dumps({"start": True, "resumed_from_step": _checkpoint_step(checkpoint)}) + "\n")
-    trainer.data_collator = _RecordingCollator(trainer.data_collator, samples)
-    trainer = prepare_trainer(trainer)
+    callbacks = [RayTrainReportCallback(), _progress_callback(config.get("progress"), rank, "dpo"),
+                 *config.get("extra_callbacks", [])]
+    trainer = prepare_trainer(build_dpo_trainer(config, rank, callbacks, save=config.get("save", True)))
 
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

@@ -1,0 +1,107 @@
+"""Everything `pbt train` checks on the driver before a worker starts, and the DeepSpeed configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pbt_ray.config import TrainConfig, load_config
+from pbt_ray.preferences.canonical import mine_tree
+from pbt_ray.preferences.pairs import write_pairs
+from pbt_ray.training.data import TrainDataError, check_model, check_pairs_file, pairs_files, resolve_model_path
+from pbt_ray.training.launch import TrainError, check_resources, resolve_storage, workers_that_fit
+from pbt_ray.training.worker import deepspeed_config, use_bf16
+
+from .pbt_fixtures import fixture_tree
+
+
+def test_pairs_files_and_shapes(tmp_path):
+    with pytest.raises(TrainDataError, match="run `pbt mine` first"):
+        pairs_files(tmp_path)
+    (tmp_path / "pairs").mkdir()
+    good = tmp_path / "pairs" / "train.parquet"
+    write_pairs(mine_tree(fixture_tree("F1")).pairs, good)
+    assert pairs_files(tmp_path) == {"train": good} and check_pairs_file(good) == 6
+
+    empty = tmp_path / "empty.parquet"
+    write_pairs([], empty)
+    with pytest.raises(TrainDataError, match="no pairs to train on"):
+        check_pairs_file(empty)
+    assert check_pairs_file(empty, required=False) == 0
+
+    flat = tmp_path / "flat.parquet"
+    pq.write_table(pa.table({"prompt": ["q"], "chosen": ["a"], "rejected": ["b"]}), flat)
+    with pytest.raises(TrainDataError, match="expected a list of"):
+        check_pairs_file(flat)
+    missing = tmp_path / "missing.parquet"
+    pq.read_table(good).select(["prompt", "rejected"]).to_pandas().to_parquet(missing)
+    with pytest.raises(TrainDataError, match="no 'chosen' column"):
+        check_pairs_file(missing)
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(TrainDataError, match="not a readable Parquet file"):
+        check_pairs_file(tmp_path / "junk.parquet")
+
+
+@pytest.fixture(scope="module")
+def embedded_dir():
+    return resolve_model_path("embedded")
+
+
+def test_model_checks(embedded_dir, tmp_path):
+    info = check_model(embedded_dir, 512, ["q_proj", "v_proj"])
+    assert info["model_type"] == "llama" and 100e6 < info["parameters"] < 200e6
+    with pytest.raises(TrainDataError, match="longer than"):
+        check_model(embedded_dir, 10**6, ["q_proj"])
+    with pytest.raises(TrainDataError, match=r"\['out_proj'\] are not modules.*o_proj"):
+        check_model(embedded_dir, 512, ["q_proj", "out_proj"])  # the paper's target list half missed (§4.2)
+
+    no_template = tmp_path / "no-template"
+    shutil.copytree(embedded_dir, no_template, ignore=shutil.ignore_patterns("*.safetensors", "chat_template.jinja"))
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(TrainDataError, match="no chat template"):
+        check_model(str(no_template), 512, ["q_proj"])
+
+
+def test_resources_are_checked_against_every_node():
+    nodes = [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}]
+    assert workers_that_fit({"CPU": 1, "GPU": 1}, nodes) == 16
+    assert workers_that_fit({"CPU": 4, "GPU": 1}, nodes) == 8  # CPUs run out first
+    check_resources(TrainConfig(num_workers=16, use_gpu=True), nodes)
+    with pytest.raises(TrainError, match=r"17 workers x \{'CPU': 1.0, 'GPU': 1.0\}.*can hold 16.*node 0: CPU 16, GPU 8"):
+        check_resources(TrainConfig(num_workers=17, use_gpu=True), nodes)
+    with pytest.raises(TrainError, match="can hold 0"):
+        check_resources(TrainConfig(num_workers=2, use_gpu=True), [{"CPU": 4.0}])  # no GPU anywhere
+
+
+def test_storage_path_is_checked_before_training(tmp_path):
+    cfg = load_config("local", [f"runs_dir={tmp_path}"])
+    assert resolve_storage(cfg) == str((tmp_path / "local" / "checkpoints").resolve())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TrainError, match="not writable"):
+        resolve_storage(load_config("local", [f"train.storage_path={blocker}/sub"]))
+    with pytest.raises(TrainError, match="not reachable"):
+        resolve_storage(load_config("local", ["train.storage_path=nosuchscheme://bucket/x"]))
+
+
+def test_deepspeed_configs():
+    assert deepspeed_config(0) is None
+    z2 = deepspeed_config(2)
+    assert z2["zero_optimization"]["stage"] == 2 and "optimizer" not in z2
+    z3 = deepspeed_config(3, offload_optimizer=True, offload_params=True)
+    zero = z3["zero_optimization"]
+    assert zero["stage3_gather_16bit_weights_on_model_save"] and zero["offload_param"] == {"device": "cpu"}
+    assert zero["offload_optimizer"] == {"device": "cpu"} and z3["optimizer"]["type"] == "AdamW"
+    assert use_bf16("auto", True) and not use_bf16("auto", False) and not use_bf16("fp32", True)
+
+
+def test_paper_defaults_apply_the_learning_rate():
+    cfg = TrainConfig()
+    assert (cfg.learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.beta, cfg.warmup_steps) == (5e-4, 16, 32, 0.1, 100)
+    assert cfg.per_device_batch_size * cfg.gradient_accumulation == 35
