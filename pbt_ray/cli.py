@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pairs", help="directory written by `pbt mine` [<run dir>/preferences]")
     b.add_argument("--steps", type=int, default=12, help="optimizer steps per side [12]")
     b.add_argument("--warmup", type=int, default=3, help="first steps left out of the steady state [3]")
+    b.add_argument("--rounds", type=int, default=2, help="runs per side, alternating which goes first [2]")
     b.add_argument("--output", help="also write the results as JSON to this file")
     return parser
 
@@ -395,7 +396,7 @@ def _bench(cfg, args) -> int:
         from pbt_ray.training.bench import run_train_bench
 
         with ray_cluster(cfg):
-            result = run_train_bench(cfg, args.pairs, args.steps, args.warmup)
+            result = run_train_bench(cfg, args.pairs, args.steps, args.warmup, args.rounds)
         if args.output:
             Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
         return 0
