@@ -354,10 +354,11 @@ def _mine(cfg, args) -> int:
 
 def _train(cfg, args) -> int:
     from pbt_ray.runtime import ray_cluster
-    from pbt_ray.training.launch import train
+    from pbt_ray.training.launch import prepare, train
 
+    plan = prepare(cfg, args.pairs)  # every input check before Ray starts
     with ray_cluster(cfg):
-        metrics = train(cfg, args.pairs, record_samples=args.record_samples)
+        metrics = train(cfg, args.pairs, record_samples=args.record_samples, plan=plan)
     keys = ("global_step", "train_loss", "eval_loss", "eval_rewards/accuracies", "seconds")
     print("[pbt] " + ", ".join(f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
                                for k in keys if k in metrics))

@@ -328,6 +328,11 @@ class TrainConfig(_Strict):
     logging_steps: PositiveInt = Field(10, description="Log metrics every N optimizer steps.")
     eval_steps: PositiveInt | None = Field(None, description="Evaluate on the dev split every N steps; None: once per epoch.")
     dev_limit: PositiveInt = Field(1000, description="Dev pairs evaluated at most (paper: 1000).")
+    generation_eval: bool = Field(
+        True,
+        description="At each evaluation also generate the policy's reply to every dev prompt (greedy) and log "
+        "resist, accept and balanced accuracy (PBT_SPEC.md §4.5; gold answers matched in the reply).",
+    )
     seed: int = Field(12, description="Seed of model init, data order and dropout.")
     merge: bool = Field(False, description="Also export the base model with the adapter merged in.")
     loggers: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(

@@ -32,8 +32,9 @@ def pairs_files(pairs_dir: str | Path) -> dict[str, Path]:
     return files
 
 
-def check_pairs_file(path: Path, *, required: bool = True) -> int:
-    """Rows in ``path`` after checking it holds conversational preference pairs; raises TrainDataError."""
+def check_pairs_file(path: Path, *, required: bool = True, columns: tuple[str, ...] = MESSAGE_COLUMNS) -> int:
+    """Rows in ``path`` after checking it holds conversational preference pairs (or, with
+    ``columns=("prompt", "completion")``, SFT records); raises TrainDataError."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -42,7 +43,7 @@ def check_pairs_file(path: Path, *, required: bool = True) -> int:
         rows = pq.read_metadata(path).num_rows
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
         raise TrainDataError(f"{path}: not a readable Parquet file ({exc})") from None
-    for column in MESSAGE_COLUMNS:
+    for column in columns:
         if column not in schema.names:
             raise TrainDataError(f"{path}: no '{column}' column (has {', '.join(schema.names)}); "
                                  "expected the pairs written by `pbt mine`")
@@ -54,10 +55,10 @@ def check_pairs_file(path: Path, *, required: bool = True) -> int:
     if required and rows == 0:
         raise TrainDataError(f"{path}: no pairs to train on; grow more trees or mine with --balance none")
     if rows:
-        first = pq.read_table(path, columns=list(MESSAGE_COLUMNS)).slice(0, 1).to_pylist()[0]
+        first = pq.read_table(path, columns=list(columns)).slice(0, 1).to_pylist()[0]
         if not first["prompt"] or first["prompt"][-1]["role"] != "user":
             raise TrainDataError(f"{path}: row 0's prompt must end with a user message")
-        for column in ("chosen", "rejected"):
+        for column in columns[1:]:
             if [m["role"] for m in first[column]] != ["assistant"]:
                 raise TrainDataError(f"{path}: row 0's '{column}' must be one assistant message")
     return rows

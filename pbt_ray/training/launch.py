@@ -103,8 +103,56 @@ def prepare(cfg: PBTConfig, pairs: str | None = None, log=print) -> dict[str, An
 
 
 def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool = True,
-          record_samples: bool = False) -> dict[str, Any]:
-    """Run DPO under Ray Train; returns the final metrics. Must run inside ``ray_cluster``."""
+          record_samples: bool = False, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (SFT, then) DPO under Ray Train; returns the final metrics. Must run inside ``ray_cluster``;
+    ``plan`` is :func:`prepare`'s result when the caller ran the checks before starting Ray."""
+    tcfg = cfg.train
+    plan = plan or prepare(cfg, pairs, log=log)
+    check_resources(tcfg, cluster_nodes())
+    model_path = plan["model_path"]
+    started = time.monotonic()
+    if tcfg.sft:
+        model_path = _sft_stage(cfg, plan, log, progress)
+    out_dir = cfg.run_dir / "train"
+    samples_dir = out_dir / "samples" if record_samples else None
+    result = _fit(cfg, "dpo", tcfg.run_name, model_path, plan["files"], plan["storage"], log, progress,
+                  samples_dir=str(samples_dir) if samples_dir else None)
+    metrics = dict(result.metrics or {})
+    metrics["seconds"] = round(time.monotonic() - started, 1)
+    exported = export(result.checkpoint, cfg, metrics, log=log, base_model=model_path)
+    return {**metrics, **exported}
+
+
+SFT_MARKER = "pbt_sft.json"
+
+
+def _sft_stage(cfg: PBTConfig, plan: dict[str, Any], log, progress: bool) -> str:
+    """SFT on the chosen replies (PBT_SPEC.md §4.3), merged into the base: DPO then trains a fresh adapter on
+    the merged model, whose adapter-disabled forward is the SFT model (the reference §4.4 recommends)."""
+    merged = cfg.run_dir / "sft-merged"
+    if (merged / SFT_MARKER).is_file():
+        log(f"[pbt] SFT already done: {merged}")
+        return str(merged)
+    sft_file = Path(plan["files"]["train"]).parent.parent / "sft" / "train.parquet"
+    if not sft_file.is_file():
+        raise TrainDataError(f"train.sft is on but {sft_file} does not exist; it is written by `pbt mine`")
+    check_pairs_file(sft_file, columns=("prompt", "completion"))
+    result = _fit(cfg, "sft", f"{cfg.train.run_name}-sft", plan["model_path"], {"train": str(sft_file)},
+                  plan["storage"], log, progress)
+    with result.checkpoint.as_directory() as directory:
+        tmp = merged.with_name(".sft-merged.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        merge_adapter(plan["model_path"], Path(directory), tmp)
+    (tmp / SFT_MARKER).write_text(json.dumps({"metrics": dict(result.metrics or {})}, default=str) + "\n")
+    shutil.rmtree(merged, ignore_errors=True)
+    tmp.rename(merged)
+    log(f"[pbt] SFT merged into {merged}")
+    return str(merged)
+
+
+def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict[str, str], storage: str, log,
+         progress: bool, samples_dir: str | None = None):
+    """One Ray Train run of ``stage`` (sft | dpo) with a progress bar; returns its result."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -113,21 +161,16 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
     from pbt_ray.training.worker import train_loop_per_worker
 
     tcfg = cfg.train
-    plan = prepare(cfg, pairs, log=log)
-    check_resources(tcfg, cluster_nodes())
-    out_dir = cfg.run_dir / "train"
-    samples_dir = out_dir / "samples" if record_samples else None
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": tcfg.model_dump(mode="json"), "model_path": plan["model_path"],
-                           "files": plan["files"], "progress": queue,
-                           "samples_dir": str(samples_dir) if samples_dir else None},
+        train_loop_config={"train": tcfg.model_dump(mode="json"), "model_path": model_path, "stage": stage,
+                           "files": files, "progress": queue, "samples_dir": samples_dir},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker=worker_resources(tcfg),
                                      accelerator_type=tcfg.accelerator_type),
         torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
-        run_config=RunConfig(name=tcfg.run_name, storage_path=plan["storage"],
+        run_config=RunConfig(name=run_name, storage_path=storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=tcfg.max_failures)),
     )
@@ -139,22 +182,18 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
         except BaseException as exc:  # noqa: BLE001 - reported on the driver thread below
             outcome["error"] = exc
 
-    thread = threading.Thread(target=fit, name="pbt-train-fit", daemon=True)
-    started = time.monotonic()
+    thread = threading.Thread(target=fit, name=f"pbt-train-{stage}", daemon=True)
     thread.start()
     _show_progress(thread, queue, log, progress)
     thread.join()
-    if "error" in outcome:
-        raise TrainError(f"training failed: {outcome['error']}") from outcome["error"]
-    result = outcome["result"]
-    if result.checkpoint is None:
-        raise TrainError("training finished without a checkpoint; see the worker logs")
-    metrics = dict(result.metrics or {})
-    metrics["seconds"] = round(time.monotonic() - started, 1)
-    exported = export(result.checkpoint, cfg, metrics, log=log)
     with contextlib.suppress(Exception):
         ray.kill(queue.actor)
-    return {**metrics, **exported}
+    if "error" in outcome:
+        raise TrainError(f"{stage} failed: {outcome['error']}") from outcome["error"]
+    result = outcome["result"]
+    if result.checkpoint is None:
+        raise TrainError(f"{stage} finished without a checkpoint; see the worker logs")
+    return result
 
 
 def _show_progress(thread: threading.Thread, queue, log, progress: bool) -> None:
@@ -178,7 +217,7 @@ def _show_progress(thread: threading.Thread, queue, log, progress: bool) -> None
         bar.close()
 
 
-def export(checkpoint, cfg: PBTConfig, metrics: dict[str, Any], log=print) -> dict[str, Any]:
+def export(checkpoint, cfg: PBTConfig, metrics: dict[str, Any], log=print, base_model: str | None = None) -> dict[str, Any]:
     """Copy the adapter (and its tokenizer files) out of the final checkpoint; optionally merge it."""
     out = cfg.run_dir / "adapter"
     with checkpoint.as_directory() as directory:
@@ -192,9 +231,11 @@ def export(checkpoint, cfg: PBTConfig, metrics: dict[str, Any], log=print) -> di
         tmp.rename(out)
     (cfg.run_dir / "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     log(f"[pbt] adapter in {out}; metrics in {cfg.run_dir / 'train_metrics.json'}")
-    result = {"adapter": str(out)}
+    result = {"adapter": str(out), "base_model": base_model or resolve_model_path(cfg.train.base_model)}
+    (out / "pbt_base_model.txt").write_text(result["base_model"] + "\n")  # what the adapter applies to (SFT-merged or base)
     if cfg.train.merge:
-        result["merged"] = str(merge_adapter(resolve_model_path(cfg.train.base_model), out, cfg.run_dir / "merged"))
+        base = base_model or resolve_model_path(cfg.train.base_model)
+        result["merged"] = str(merge_adapter(base, out, cfg.run_dir / "merged"))
         log(f"[pbt] merged model in {result['merged']}")
     return result
 

@@ -66,6 +66,83 @@ class _RecordingCollator:
         return self.inner([{k: v for k, v in e.items() if k in keep} for e in examples])
 
 
+def reply_is_correct(reply: str, gold: list[str], choices: dict[str, str] | None = None) -> bool:
+    """Whether a generated reply states a gold answer: a gold alias as a whole-word span of the normalized
+    reply (multiple choice: the label the reply names). The cheap in-training stand-in for extraction."""
+    from pbt_ray.answers import canonical, normalize_answer
+
+    if choices:
+        return canonical(reply, choices) in {canonical(g, choices) for g in gold}
+    text = f" {normalize_answer(reply)} "
+    return any(f" {normalize_answer(g)} " in text for g in gold if normalize_answer(g))
+
+
+def persuasion_accuracy(model, tokenizer, rows: list[dict], *, synced: bool, max_new_tokens: int = 48,
+                        batch_size: int = 8) -> dict[str, float]:
+    """PBT_SPEC.md §4.5 on the dev split: the policy answers each persuasion prompt (greedy), and the reply
+    is scored against the gold answers; accuracy on resist and accept items and their mean (balanced).
+    Every rank takes an equal share (padded), so ZeRO-3's synchronized generation never waits on a rank."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    share = -(-len(rows) // world) if rows else 0
+    mine = [(rows[i], True) if i < len(rows) else (rows[0], False) for i in range(rank * share, (rank + 1) * share)]
+    counts = torch.zeros(4, dtype=torch.float64)  # resist right, resist n, accept right, accept n
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    model_was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start:start + batch_size]
+            texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r, _ in chunk]
+            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
+                                     pad_token_id=tokenizer.pad_token_id)
+            replies = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            for (row, counted), reply in zip(chunk, replies):
+                if counted and row["type"] in ("resist", "accept"):
+                    slot = 0 if row["type"] == "resist" else 2
+                    counts[slot] += reply_is_correct(reply, row["gold"], row.get("choices"))
+                    counts[slot + 1] += 1
+    finally:
+        tokenizer.padding_side = side
+        model.train(model_was_training)
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    resist = (counts[0] / counts[1]).item() if counts[1] else float("nan")
+    accept = (counts[2] / counts[3]).item() if counts[3] else float("nan")
+    parts = [x for x in (resist, accept) if x == x]
+    return {"eval_resist_accuracy": resist, "eval_accept_accuracy": accept,
+            "eval_balanced_accuracy": sum(parts) / len(parts) if parts else float("nan")}
+
+
+def _with_persuasion_eval(trainer_cls, rows: list[dict], synced: bool):
+    class PersuasionEvalTrainer(trainer_cls):
+        """TRL's DPO evaluation, then the generation-based balanced accuracy logged with it."""
+
+        def evaluate(self, *args, **kwargs):
+            metrics = super().evaluate(*args, **kwargs)
+            model = self.accelerator.unwrap_model(self.model)
+            extra = persuasion_accuracy(model, self.processing_class, rows, synced=synced)
+            self.log(extra)
+            metrics.update(extra)
+            return metrics
+
+    return PersuasionEvalTrainer
+
+
+def _dev_rows(path: str, limit: int) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path, columns=["prompt", "gold", "type", "choices"]).slice(0, limit).to_pylist()
+    for row in rows:
+        row["choices"] = {c["label"]: c["text"] for c in row["choices"]} if row.get("choices") else None
+    return rows
+
+
 def _progress_callback(queue, rank: int, stage: str):
     from transformers import TrainerCallback
 
@@ -90,12 +167,12 @@ def _checkpoint_step(checkpoint) -> int:
 
 
 def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, save: bool = True):
-    """TRL's DPOTrainer on a LoRA adapter with the DeepSpeed config, Ray-free: the Ray worker below and
-    the torchrun side of `pbt bench train` build the very same trainer."""
+    """TRL's DPOTrainer (``config["stage"] == "sft"``: SFTTrainer) on a LoRA adapter with the DeepSpeed config,
+    Ray-free: the Ray worker below and the torchrun side of `pbt bench train` build the very same trainer."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     from pbt_ray.config import TrainConfig
     from pbt_ray.training.data import load_pairs
@@ -106,24 +183,38 @@ def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, sav
     tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_data = load_pairs(config["files"]["train"])
-    dev_data = load_pairs(config["files"]["dev"], tcfg.dev_limit, dev=True) if config["files"].get("dev") else None
+    sft = config.get("stage") == "sft"
+    if sft:  # prompt-completion records of the chosen replies; loss on the completion only
+        from datasets import load_dataset
+
+        train_data = load_dataset("parquet", data_files={"split": config["files"]["train"]}, split="split")
+        train_data = train_data.select_columns(["prompt", "completion"])
+        dev_data = None
+    else:
+        train_data = load_pairs(config["files"]["train"])
+        dev_data = load_pairs(config["files"]["dev"], tcfg.dev_limit, dev=True) if config["files"].get("dev") else None
     evaluate = dev_data is not None and len(dev_data) > 0
-    args = DPOConfig(
+    common = dict(
         output_dir=tempfile.mkdtemp(prefix=f"pbt-train-rank{rank}-"), seed=tcfg.seed, data_seed=tcfg.seed,
-        num_train_epochs=tcfg.epochs, max_steps=tcfg.max_steps,
         per_device_train_batch_size=tcfg.per_device_batch_size, gradient_accumulation_steps=tcfg.gradient_accumulation,
         per_device_eval_batch_size=tcfg.eval_batch_size,
         learning_rate=tcfg.learning_rate, lr_scheduler_type=tcfg.lr_scheduler, warmup_steps=tcfg.warmup_steps,
-        beta=tcfg.beta, loss_type=[tcfg.loss_type], max_length=tcfg.max_length,
-        precompute_ref_log_probs=tcfg.reference == "precomputed",
-        bf16=bf16, use_cpu=not tcfg.use_gpu, gradient_checkpointing=tcfg.gradient_checkpointing,
+        max_length=tcfg.max_length, bf16=bf16, use_cpu=not tcfg.use_gpu,
+        gradient_checkpointing=tcfg.gradient_checkpointing,
         deepspeed=deepspeed_config(tcfg.zero_stage, tcfg.offload_optimizer, tcfg.offload_params),
         save_strategy="steps" if save else "no", save_steps=tcfg.checkpoint_every, save_total_limit=tcfg.keep_checkpoints,
-        eval_strategy=("steps" if tcfg.eval_steps else "epoch") if evaluate else "no", eval_steps=tcfg.eval_steps,
         logging_steps=tcfg.logging_steps, report_to=list(tcfg.loggers) or "none", disable_tqdm=True,
-        ddp_find_unused_parameters=False, remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
     )
+    if sft:
+        args = SFTConfig(**common, max_steps=tcfg.sft_max_steps, completion_only_loss=True)
+    else:
+        args = DPOConfig(
+            **common, num_train_epochs=tcfg.epochs, max_steps=tcfg.max_steps,
+            beta=tcfg.beta, loss_type=[tcfg.loss_type], precompute_ref_log_probs=tcfg.reference == "precomputed",
+            eval_strategy=("steps" if tcfg.eval_steps else "epoch") if evaluate else "no", eval_steps=tcfg.eval_steps,
+            remove_unused_columns=False,
+        )
     # Loaded after the DeepSpeed config exists: under ZeRO-3 transformers then partitions the weights while
     # loading (zero.Init) instead of materializing the whole model in every worker's CPU memory. zero.Init
     # needs DeepSpeed's communication up (it wraps the process group Ray or torchrun created); transformers
@@ -135,9 +226,16 @@ def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, sav
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32)
     peft_config = LoraConfig(r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
                              target_modules=list(tcfg.lora_targets), bias="none", task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_data,
-                         eval_dataset=dev_data if evaluate else None, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=callbacks)
+    if sft:
+        return SFTTrainer(model=model, args=args, train_dataset=train_data, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=callbacks)
+    trainer_cls = DPOTrainer
+    if evaluate and tcfg.generation_eval:
+        trainer_cls = _with_persuasion_eval(DPOTrainer, _dev_rows(config["files"]["dev"], tcfg.dev_limit),
+                                            synced=tcfg.zero_stage == 3)
+    trainer = trainer_cls(model=model, ref_model=None, args=args, train_dataset=train_data,
+                          eval_dataset=dev_data if evaluate else None, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=callbacks)
     samples = Path(config["samples_dir"]) / f"rank-{rank}.jsonl" if config.get("samples_dir") else None
     trainer.data_collator = _RecordingCollator(trainer.data_collator, samples)
     return trainer
@@ -161,7 +259,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         samples.parent.mkdir(parents=True, exist_ok=True)
         with open(samples, "a", encoding="utf-8") as handle:  # one segment per (re)start of the worker group
             handle.write(json.dumps({"start": True, "resumed_from_step": _checkpoint_step(checkpoint)}) + "\n")
-    callbacks = [RayTrainReportCallback(), _progress_callback(config.get("progress"), rank, "dpo"),
+    callbacks = [RayTrainReportCallback(), _progress_callback(config.get("progress"), rank, config.get("stage", "dpo")),
                  *config.get("extra_callbacks", [])]
     trainer = prepare_trainer(build_dpo_trainer(config, rank, callbacks, save=config.get("save", True)))
 

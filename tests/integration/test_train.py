@@ -73,6 +73,8 @@ def test_zero2_two_workers_lora_adapter_changes_the_model(zero2_run, pairs_dir):
     losses = [entry["loss"] for entry in log if "loss" in entry]
     assert len(losses) == STEPS and all(math.isfinite(x) and x > 0 for x in losses)
     assert json.loads((cfg.run_dir / "train_metrics.json").read_text())["global_step"] == STEPS
+    # The dev split was evaluated: TRL's DPO metrics and the generation-based balanced accuracy (§4.5).
+    assert "eval_rewards/accuracies" in metrics and 0.0 <= metrics["eval_balanced_accuracy"] <= 1.0
 
     base_dir = resolve_model_path("embedded")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -89,16 +91,20 @@ def test_zero2_two_workers_lora_adapter_changes_the_model(zero2_run, pairs_dir):
     assert (after - before).abs().max().item() > 1e-4  # the trained adapter changes the model's outputs
 
 
-def test_zero3_trains_and_exports_a_whole_adapter(pairs_dir, tmp_path):
+def test_zero3_sft_then_dpo_exports_whole_adapters(pairs_dir, tmp_path):
+    """ZeRO-3 (weights partitioned while loading), with the optional SFT stage merged before DPO."""
     from safetensors.torch import load_file
 
     cfg = load_config("local", [f"runs_dir={tmp_path}", "name=zero3", "train.zero_stage=3", *BASE,
-                                "train.max_steps=2"])
+                                "train.max_steps=2", "train.sft=true", "train.sft_max_steps=2"])
     with ray_cluster(cfg):
         metrics = train(cfg, str(pairs_dir), progress=False, log=lambda *_: None)
     assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])
     weights = load_file(str(cfg.run_dir / "adapter" / "adapter_model.safetensors"))
     assert weights and all(t.numel() > 0 for t in weights.values())  # gathered from the ZeRO-3 shards
+    merged = cfg.run_dir / "sft-merged"
+    assert (merged / "pbt_sft.json").is_file() and (merged / "model.safetensors").is_file()
+    assert metrics["base_model"] == str(merged)  # DPO trained its adapter on the SFT model
 
 
 def test_killed_run_resumes_at_its_checkpoint_with_the_same_data_order(zero2_run, pairs_dir, tmp_path):

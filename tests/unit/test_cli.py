@@ -8,7 +8,7 @@ import yaml
 
 from pbt_ray.cli import EXIT_NOT_BUILT, NOT_BUILT, build_parser, main
 
-STAGES = ["run", "serve", "debate", "grow", "view", "mine", "train", "eval", "report", "model", "config", "bench"]
+STAGES = ["run", "serve", "debate", "grow", "view", "mine", "train", "plan-train", "eval", "report", "model", "config", "bench"]
 
 
 def test_every_stage_has_a_subcommand_with_help():
@@ -51,3 +51,10 @@ def test_unreachable_endpoint_fails_fast_and_clearly(capsys):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "pbt_ray", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("pbt-ray ")
+
+
+def test_mine_and_train_report_missing_inputs_without_starting_ray(tmp_path, capsys):
+    assert main(["mine", "--no-ray", "--trees", str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "-c", "local", f"runs_dir={tmp_path}"]) == 1
+    assert "run `pbt mine` first" in capsys.readouterr().err

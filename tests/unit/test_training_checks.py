@@ -105,3 +105,12 @@ def test_paper_defaults_apply_the_learning_rate():
     cfg = TrainConfig()
     assert (cfg.learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.beta, cfg.warmup_steps) == (5e-4, 16, 32, 0.1, 100)
     assert cfg.per_device_batch_size * cfg.gradient_accumulation == 35
+
+
+def test_reply_scoring_for_the_in_training_balanced_accuracy():
+    from pbt_ray.training.worker import reply_is_correct
+
+    assert reply_is_correct("I still think it was John Milton, who wrote it in 1667.", ["John Milton"])
+    assert not reply_is_correct("Miltonian verse is not the answer; Shakespeare is.", ["Milton"])
+    assert reply_is_correct("The answer is (B) refrigerator.", ["B"], {"A": "oven", "B": "refrigerator"})
+    assert not reply_is_correct("", ["Paris"])
