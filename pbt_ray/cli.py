@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.config import ConfigError
     from pbt_ray.models import ModelError
     from pbt_ray.preferences.mining import MineError
+    from pbt_ray.resources import ResourceError
     from pbt_ray.training.data import TrainDataError
     from pbt_ray.training.launch import TrainError
     from pbt_ray.questions import QuestionFileError
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pbt: config error: {exc}", file=sys.stderr)
         return 2
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
-            TrainDataError, TrainError) as exc:
+            TrainDataError, TrainError, ResourceError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

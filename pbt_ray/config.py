@@ -56,6 +56,11 @@ class RayConfig(_Strict):
     env_vars: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for every Ray worker and engine."
     )
+    autoscaling: bool = Field(
+        False,
+        description="The cluster adds nodes on demand (ray up / KubeRay autoscaling): skip the pre-checks that "
+        "the nodes present now can hold every requested replica and training worker.",
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -145,12 +145,38 @@ def check_port_free(host: str, port: int) -> None:
             raise ServeError(f"Cannot bind {host}:{port}: {exc}. Check serve.host.") from None
 
 
+def replica_bundles(cfg: PBTConfig) -> list[dict[str, float]]:
+    """What the first replicas of every model need: a CPU engine holds its replica actor's CPU and its engine
+    bundle; a GPU engine holds tensor_parallel_size GPUs (of the requested type) and a CPU."""
+    bundles = []
+    for model in cfg.serve.models:
+        if model.accelerator == "cpu":
+            bundle = {"CPU": 1.0 + model.cpus_per_replica}
+        else:
+            bundle = {"CPU": 1.0, "GPU": float(model.tensor_parallel_size)}
+            if model.accelerator_type:
+                bundle[f"accelerator_type:{model.accelerator_type}"] = 0.001
+        bundles += [bundle] * max(model.min_replicas, 1)
+    return bundles
+
+
+def check_replica_resources(cfg: PBTConfig, nodes: list[dict[str, float]] | None = None) -> None:
+    """Fail before deploying when the present nodes can never hold the first replica of every model."""
+    if cfg.ray.autoscaling:
+        return
+    from pbt_ray.resources import check_bundles, cluster_nodes
+
+    check_bundles(f"Serve app '{cfg.serve.app_name}'", replica_bundles(cfg), cluster_nodes() if nodes is None else nodes,
+                  "Lower serve.models[].min_replicas or tensor_parallel_size, or add nodes.")
+
+
 def deploy(cfg: PBTConfig, log=print) -> str:
     """Deploy the debater app on the connected Ray cluster; returns the OpenAI base URL (not yet ready)."""
     from ray import serve
     from ray.serve.llm import build_openai_app
 
     args = serving_args(cfg)  # prepares the embedded model first: a missing model fails before Serve starts
+    check_replica_resources(cfg)
     if not _serve_running():
         check_port_free(cfg.serve.host, cfg.serve.port)
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

@@ -51,7 +51,7 @@ def check_resources(tcfg: TrainConfig, nodes: list[dict[str, float]], spare: dic
         raise TrainError(
             f"train needs {tcfg.num_workers} workers x {need} but the cluster's nodes can hold {fit} at most "
             f"({summary}). Lower train.num_workers or train.cpus_per_worker, or add nodes "
-            "(an autoscaling cluster: raise its max workers for this node type).")
+            "(an autoscaling cluster: raise its max workers for this node type and set ray.autoscaling=true).")
 
 
 def cluster_nodes() -> list[dict[str, float]]:
@@ -108,7 +108,10 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
     ``plan`` is :func:`prepare`'s result when the caller ran the checks before starting Ray."""
     tcfg = cfg.train
     plan = plan or prepare(cfg, pairs, log=log)
-    check_resources(tcfg, cluster_nodes())
+    if cfg.ray.autoscaling:
+        log("[pbt] ray.autoscaling: not checking the present nodes; the autoscaler adds what the workers need")
+    else:
+        check_resources(tcfg, cluster_nodes())
     model_path = plan["model_path"]
     started = time.monotonic()
     if tcfg.sft:
@@ -150,6 +153,12 @@ def _sft_stage(cfg: PBTConfig, plan: dict[str, Any], log, progress: bool) -> str
     return str(merged)
 
 
+def ship_files(files: dict[str, str]) -> dict[str, Any]:
+    """The pairs files as bytes in the train config: worker nodes of a multi-node cluster cannot read the
+    driver's disk, and pairs files are small (a few MB per 10k pairs). Workers write them to a temp dir."""
+    return {name: {"name": Path(path).name, "data": Path(path).read_bytes()} for name, path in files.items()}
+
+
 def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict[str, str], storage: str, log,
          progress: bool, samples_dir: str | None = None):
     """One Ray Train run of ``stage`` (sft | dpo) with a progress bar; returns its result."""
@@ -165,7 +174,7 @@ def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": tcfg.model_dump(mode="json"), "model_path": model_path, "stage": stage,
-                           "files": files, "progress": queue, "samples_dir": samples_dir},
+                           "files": ship_files(files), "progress": queue, "samples_dir": samples_dir},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker=worker_resources(tcfg),
                                      accelerator_type=tcfg.accelerator_type),

@@ -166,6 +166,21 @@ def _checkpoint_step(checkpoint) -> int:
         return json.loads(state.read_text())["global_step"] if state.is_file() else 0
 
 
+def local_files(files: dict[str, Any]) -> dict[str, str]:
+    """Paths of the pairs files on this node: shipped bytes ({"name", "data"}) are written to a temp dir once."""
+    out: dict[str, str] = {}
+    directory = None
+    for split, item in files.items():
+        if isinstance(item, str):
+            out[split] = item
+            continue
+        directory = directory or Path(tempfile.mkdtemp(prefix="pbt-pairs-"))
+        target = directory / f"{split}-{item['name']}"
+        target.write_bytes(item["data"])
+        out[split] = str(target)
+    return out
+
+
 def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, save: bool = True):
     """TRL's DPOTrainer (``config["stage"] == "sft"``: SFTTrainer) on a LoRA adapter with the DeepSpeed config,
     Ray-free: the Ray worker below and the torchrun side of `pbt bench train` build the very same trainer."""
@@ -178,6 +193,7 @@ def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, sav
     from pbt_ray.training.data import load_pairs
 
     tcfg = TrainConfig(**config["train"])
+    config = {**config, "files": local_files(config["files"])}
     bf16 = use_bf16(tcfg.precision, tcfg.use_gpu)
     torch.manual_seed(tcfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(config["model_path"])

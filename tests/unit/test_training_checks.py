@@ -114,3 +114,34 @@ def test_reply_scoring_for_the_in_training_balanced_accuracy():
     assert not reply_is_correct("Miltonian verse is not the answer; Shakespeare is.", ["Milton"])
     assert reply_is_correct("The answer is (B) refrigerator.", ["B"], {"A": "oven", "B": "refrigerator"})
     assert not reply_is_correct("", ["Paris"])
+
+
+def test_serve_replicas_are_checked_before_deploying():
+    from pbt_ray.resources import ResourceError, place
+    from pbt_ray.serving.app import check_replica_resources, replica_bundles
+
+    local = load_config("local")
+    assert replica_bundles(local) == [{"CPU": 2.0}]
+    check_replica_resources(local, nodes=[{"CPU": 4.0}])
+    with pytest.raises(ResourceError, match=r"fit on no node.*node 0: CPU 1.*ray.autoscaling=true"):
+        check_replica_resources(local, nodes=[{"CPU": 1.0}])
+    paper = load_config("gpu-paper")
+    bundles = replica_bundles(paper)
+    assert len(bundles) == 2 and all(b["GPU"] == 1.0 for b in bundles)
+    with pytest.raises(ResourceError, match="2 of 2 requested bundles"):
+        check_replica_resources(paper, nodes=[{"CPU": 64.0}])  # no GPU node yet
+    check_replica_resources(load_config("gpu-paper", ["ray.autoscaling=true"]), nodes=[])  # the autoscaler's job
+    assert place([{"GPU": 1.0}] * 3, [{"GPU": 2.0}, {"GPU": 1.0}]) == []
+    assert place([{"GPU": 2.0}] * 2, [{"GPU": 2.0}, {"GPU": 1.0}]) == [1]
+
+
+def test_pairs_files_travel_to_workers_as_bytes(tmp_path):
+    from pbt_ray.training.launch import ship_files
+    from pbt_ray.training.worker import local_files
+
+    source = tmp_path / "train.parquet"
+    write_pairs(mine_tree(fixture_tree("F1")).pairs, source)
+    shipped = ship_files({"train": str(source)})
+    again = local_files(shipped)
+    assert again["train"] != str(source) and open(again["train"], "rb").read() == source.read_bytes()
+    assert local_files({"train": str(source)}) == {"train": str(source)}

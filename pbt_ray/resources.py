@@ -1,0 +1,54 @@
+"""Can the cluster ever hold what a stage asks for? Checked before Serve or Ray Train request anything.
+
+A placement group or replica that no node can hold waits forever without an error (the most common
+multi-node complaint in ANCHORS.md). We instead place the requested bundles on the nodes the cluster has
+right now, greedily, and fail with the numbers when some do not fit. On an autoscaling cluster nodes
+appear on demand, so the check is skipped there (``ray.autoscaling: true``) and the autoscaler decides.
+"""
+
+from __future__ import annotations
+
+
+class ResourceError(RuntimeError):
+    """The cluster can never hold a stage's request; the message has the numbers and what to change."""
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def place(bundles: list[dict[str, float]], nodes: list[dict[str, float]]) -> list[int]:
+    """Indices of the bundles that do not fit when placed one by one, each on the first node with room."""
+    free = [dict(n) for n in nodes]
+    unplaced = []
+    for i, bundle in enumerate(bundles):
+        for node in free:
+            if all(node.get(k, 0.0) >= v for k, v in bundle.items() if v > 0):
+                for k, v in bundle.items():
+                    node[k] = node.get(k, 0.0) - v
+                break
+        else:
+            unplaced.append(i)
+    return unplaced
+
+
+def describe_nodes(nodes: list[dict[str, float]], keys: set[str]) -> str:
+    keys = keys | {"CPU"}
+    parts = []
+    for i, node in enumerate(nodes):
+        cells = ", ".join(f"{k} {node.get(k, 0):g}" for k in sorted(keys) if k in node or k in ("CPU", "GPU"))
+        parts.append(f"node {i}: {cells}")
+    return "; ".join(parts) or "no nodes"
+
+
+def check_bundles(what: str, bundles: list[dict[str, float]], nodes: list[dict[str, float]], hint: str) -> None:
+    missing = place(bundles, nodes)
+    if missing:
+        need = bundles[missing[0]]
+        keys = {k for b in bundles for k in b}
+        raise ResourceError(
+            f"{what}: {len(missing)} of {len(bundles)} requested bundles (such as {need}) fit on no node of this "
+            f"cluster ({describe_nodes(nodes, keys)}). {hint} On an autoscaling cluster set ray.autoscaling=true "
+            "to leave this to the autoscaler.")
