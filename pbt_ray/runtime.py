@@ -49,6 +49,22 @@ def all_sources_local(cfg: PBTConfig) -> bool:
     return not any(looks_like_hub_id(m.source) for m in cfg.serve.models)
 
 
+def job_env_vars() -> dict[str, str]:
+    """Env vars of the runtime_env of the `ray job submit` job this driver runs in ({} outside a job).
+
+    Ray refuses to merge a job's runtime_env with a ray.init runtime_env that sets the same variable, so the
+    driver passes only the variables the job did not set (the job's values win)."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return {}
+
+
 def cluster_address(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
@@ -84,7 +100,8 @@ def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
     address = cluster_address(cfg.ray)
     if address:
         quiet_driver_logs(cfg.ray.log_to_driver)
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=cfg.ray.log_to_driver)
+        env = {k: v for k, v in env.items() if k not in job_env_vars()}
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=cfg.ray.log_to_driver)
         try:
             yield
         finally:
