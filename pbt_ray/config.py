@@ -61,6 +61,11 @@ class RayConfig(_Strict):
         description="The cluster adds nodes on demand (ray up / KubeRay autoscaling): skip the pre-checks that "
         "the nodes present now can hold every requested replica and training worker.",
     )
+    resource_wait_s: float = Field(
+        0.0, ge=0,
+        description="How long the resource pre-checks wait for nodes that are still joining (e.g. KubeRay worker "
+        "pods starting) before failing with the numbers.",
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,3 +52,23 @@ def check_bundles(what: str, bundles: list[dict[str, float]], nodes: list[dict[s
             f"{what}: {len(missing)} of {len(bundles)} requested bundles (such as {need}) fit on no node of this "
             f"cluster ({describe_nodes(nodes, keys)}). {hint} On an autoscaling cluster set ray.autoscaling=true "
             "to leave this to the autoscaler.")
+
+
+def wait_for(check, wait_s: float, log=print, poll_s: float = 5.0) -> None:
+    """Run ``check(nodes)`` against the present nodes; while it raises and ``wait_s`` has not passed, wait for
+    nodes that are still joining, then raise the last error with its numbers."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            check(cluster_nodes())
+            return
+        except Exception:
+            if time.monotonic() >= deadline:
+                raise
+            if not told:
+                log(f"[pbt] waiting up to {wait_s:g} s for nodes to join (ray.resource_wait_s)")
+                told = True
+            time.sleep(poll_s)

@@ -164,10 +164,16 @@ def check_replica_resources(cfg: PBTConfig, nodes: list[dict[str, float]] | None
     """Fail before deploying when the present nodes can never hold the first replica of every model."""
     if cfg.ray.autoscaling:
         return
-    from pbt_ray.resources import check_bundles, cluster_nodes
+    from pbt_ray.resources import check_bundles, wait_for
 
-    check_bundles(f"Serve app '{cfg.serve.app_name}'", replica_bundles(cfg), cluster_nodes() if nodes is None else nodes,
-                  "Lower serve.models[].min_replicas or tensor_parallel_size, or add nodes.")
+    def check(present: list[dict[str, float]]) -> None:
+        check_bundles(f"Serve app '{cfg.serve.app_name}'", replica_bundles(cfg), present,
+                      "Lower serve.models[].min_replicas or tensor_parallel_size, or add nodes.")
+
+    if nodes is not None:
+        check(nodes)
+    else:
+        wait_for(check, cfg.ray.resource_wait_s)
 
 
 def deploy(cfg: PBTConfig, log=print) -> str:

@@ -111,7 +111,9 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
     if cfg.ray.autoscaling:
         log("[pbt] ray.autoscaling: not checking the present nodes; the autoscaler adds what the workers need")
     else:
-        check_resources(tcfg, cluster_nodes())
+        from pbt_ray.resources import wait_for
+
+        wait_for(lambda nodes: check_resources(tcfg, nodes), cfg.ray.resource_wait_s, log=log)
     model_path = plan["model_path"]
     started = time.monotonic()
     if tcfg.sft:

@@ -70,7 +70,8 @@ def test_stance_check_against_the_served_extractor(debater_app, tmp_path):
     write_ours(tmp_path / "trees" / "part-0.parquet", [fixture_tree("F1"), fixture_tree("F2")])
     cfg = load_config("local", [f"runs_dir={tmp_path}", "name=stance", "mine.balance=none",
                                 "mine.split_fractions=[1.0,0.0,0.0]", f"serve.port={base.serve.port}"])
-    stats = mine(cfg, stance_check=endpoint_stance_check(url, "extractor"), use_ray=False, log=lambda *_: None)
+    stats = mine(cfg, trees=str(tmp_path), stance_check=endpoint_stance_check(url, "extractor"), use_ray=False,
+                 log=lambda *_: None)
     kept = sum(stats["pairs_by_type"].values())
     checked = stats["drops_by_reason"].get("stance_unconfirmed", 0) + stats["drops_by_reason"].get("stance_unreadable", 0)
     assert kept + checked == 12  # 6 resist (F1) + 6 accept (F2), each confirmed or dropped with a reason
