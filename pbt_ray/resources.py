@@ -72,3 +72,17 @@ def wait_for(check, wait_s: float, log=print, poll_s: float = 5.0) -> None:
                 log(f"[pbt] waiting up to {wait_s:g} s for nodes to join (ray.resource_wait_s)")
                 told = True
             time.sleep(poll_s)
+
+
+def grow_sizing(cfg) -> dict[str, int]:
+    """How the growers' actor pool should scale with the debater replicas (docs/clusters.md, "Sizing").
+
+    The app keeps each replica busy with ``target_ongoing_requests`` in flight, so at full scale it takes
+    sum(max_replicas x target_ongoing_requests) requests at once; each grower keeps up to ``max_in_flight``
+    requests open, so saturating the app takes ceil(capacity / max_in_flight) growers."""
+    import math
+
+    capacity = sum(m.max_replicas * m.target_ongoing_requests for m in cfg.serve.models)
+    offered = cfg.grow.max_growers * cfg.grow.max_in_flight
+    return {"app_capacity": capacity, "growers_offer": offered,
+            "growers_needed": max(1, math.ceil(capacity / cfg.grow.max_in_flight))}

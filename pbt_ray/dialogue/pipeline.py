@@ -201,6 +201,14 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
         if summary.already_done:
             log(f"[pbt] resuming: {summary.already_done} of {len(loaded.questions)} trees already in {run_dir / TREES_DIR}")
         start = time.monotonic()
+        if todo and not g.endpoint:
+            from pbt_ray.resources import grow_sizing
+
+            size = grow_sizing(cfg)
+            if size["growers_offer"] < size["app_capacity"]:
+                log(f"[pbt] note: growers keep at most {size['growers_offer']} requests in flight (grow.max_growers x "
+                    f"grow.max_in_flight) but the app takes {size['app_capacity']} at full scale; "
+                    f"grow.max_growers={size['growers_needed']} would saturate it (docs/clusters.md)")
         if todo:
             ctx = ray.data.DataContext.get_current()
             if not cfg.ray.log_to_driver:
