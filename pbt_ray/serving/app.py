@@ -166,9 +166,13 @@ def check_replica_resources(cfg: PBTConfig, nodes: list[dict[str, float]] | None
         return
     from pbt_ray.resources import check_bundles, wait_for
 
+    # The growers that will drive the app come along: a pool that can never start would stall `pbt grow` too.
+    growers = [{"CPU": cfg.grow.cpus_per_grower}] * cfg.grow.min_growers
+
     def check(present: list[dict[str, float]]) -> None:
-        check_bundles(f"Serve app '{cfg.serve.app_name}'", replica_bundles(cfg), present,
-                      "Lower serve.models[].min_replicas or tensor_parallel_size, or add nodes.")
+        check_bundles(f"Serve app '{cfg.serve.app_name}' and {cfg.grow.min_growers} grower(s)",
+                      replica_bundles(cfg) + growers, present,
+                      "Lower serve.models[].min_replicas, tensor_parallel_size or grow.min_growers, or add nodes.")
 
     if nodes is not None:
         check(nodes)

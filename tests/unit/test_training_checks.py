@@ -128,7 +128,7 @@ def test_serve_replicas_are_checked_before_deploying():
     paper = load_config("gpu-paper")
     bundles = replica_bundles(paper)
     assert len(bundles) == 2 and all(b["GPU"] == 1.0 for b in bundles)
-    with pytest.raises(ResourceError, match="2 of 2 requested bundles"):
+    with pytest.raises(ResourceError, match="2 of 3 requested bundles"):  # 2 GPU replicas; the grower fits
         check_replica_resources(paper, nodes=[{"CPU": 64.0}])  # no GPU node yet
     check_replica_resources(load_config("gpu-paper", ["ray.autoscaling=true"]), nodes=[])  # the autoscaler's job
     assert place([{"GPU": 1.0}] * 3, [{"GPU": 2.0}, {"GPU": 1.0}]) == []
