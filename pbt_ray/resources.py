@@ -13,10 +13,20 @@ class ResourceError(RuntimeError):
     """The cluster can never hold a stage's request; the message has the numbers and what to change."""
 
 
-def cluster_nodes() -> list[dict[str, float]]:
+def cluster_nodes(available: bool = False) -> list[dict[str, float]]:
+    """Each live node's total resources, or (``available``) what is free on it right now."""
     import ray
 
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if available:
+        try:  # no public per-node API in Ray 2.60; the aggregate ray.available_resources() hides placement
+            from ray._private.state import available_resources_per_node
+
+            free = available_resources_per_node()
+            return [dict(free.get(n["NodeID"], {})) for n in alive]
+        except Exception:  # noqa: BLE001 - fall back to totals rather than fail the check itself
+            pass
+    return [dict(n["Resources"]) for n in alive]
 
 
 def place(bundles: list[dict[str, float]], nodes: list[dict[str, float]]) -> list[int]:

@@ -103,12 +103,13 @@ def run_train_bench(cfg: PBTConfig, pairs: str | None, steps: int = 12, warmup: 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pbt_ray.training.launch import check_resources, cluster_nodes, prepare, worker_resources
+    from pbt_ray.resources import cluster_nodes
+    from pbt_ray.training.launch import check_resources, prepare, worker_resources
 
     tcfg = cfg.train.model_copy(update={"max_steps": steps, "logging_steps": steps, "warmup_steps": 0})
     cfg = cfg.model_copy(update={"train": tcfg})
     plan = prepare(cfg, pairs, log=log)
-    check_resources(tcfg, cluster_nodes())
+    check_resources(tcfg, cluster_nodes(available=True), busy=True)
     world = tcfg.num_workers
     pairs_per_step = tcfg.per_device_batch_size * tcfg.gradient_accumulation * world
     base = {"train": tcfg.model_dump(mode="json"), "model_path": plan["model_path"],

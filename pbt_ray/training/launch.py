@@ -41,23 +41,23 @@ def workers_that_fit(need: dict[str, float], nodes: list[dict[str, float]]) -> i
     return total
 
 
-def check_resources(tcfg: TrainConfig, nodes: list[dict[str, float]], spare: dict[str, float] | None = None) -> None:
-    """Fail fast, with the numbers, when the cluster's nodes can never hold the requested workers."""
+def check_resources(tcfg: TrainConfig, nodes: list[dict[str, float]], busy: bool = False) -> None:
+    """Fail fast, with the numbers, when the cluster's nodes can never hold the requested workers
+    (``busy``: ``nodes`` are the resources free right now, and other work holds the rest)."""
     need = worker_resources(tcfg)
     fit = workers_that_fit(need, nodes)
     if fit < tcfg.num_workers:
         summary = "; ".join(f"node {i}: " + ", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if k in need)
                             for i, n in enumerate(nodes)) or "no nodes"
+        if busy:
+            raise TrainError(
+                f"train needs {tcfg.num_workers} workers x {need} but only {fit} fit in what is free now ({summary}); "
+                "the rest is held by other work on the cluster (a running Serve app, another job). Stop it, lower "
+                "train.num_workers or train.cpus_per_worker, or give it time with ray.resource_wait_s.")
         raise TrainError(
             f"train needs {tcfg.num_workers} workers x {need} but the cluster's nodes can hold {fit} at most "
             f"({summary}). Lower train.num_workers or train.cpus_per_worker, or add nodes "
             "(an autoscaling cluster: raise its max workers for this node type and set ray.autoscaling=true).")
-
-
-def cluster_nodes() -> list[dict[str, float]]:
-    import ray
-
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
 def resolve_storage(cfg: PBTConfig) -> str:
@@ -113,7 +113,12 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
     else:
         from pbt_ray.resources import wait_for
 
-        wait_for(lambda nodes: check_resources(tcfg, nodes), cfg.ray.resource_wait_s, log=log)
+        from pbt_ray.resources import cluster_nodes as nodes_now
+
+        # Totals first (can this cluster ever hold the workers?), then what is free now: resources held by the
+        # Serve app or another job would otherwise leave the workers pending forever.
+        check_resources(tcfg, nodes_now())
+        wait_for(lambda _: check_resources(tcfg, nodes_now(available=True), busy=True), cfg.ray.resource_wait_s, log=log)
     model_path = plan["model_path"]
     started = time.monotonic()
     if tcfg.sft:

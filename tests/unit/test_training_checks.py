@@ -145,3 +145,8 @@ def test_pairs_files_travel_to_workers_as_bytes(tmp_path):
     again = local_files(shipped)
     assert again["train"] != str(source) and open(again["train"], "rb").read() == source.read_bytes()
     assert local_files({"train": str(source)}) == {"train": str(source)}
+
+
+def test_train_check_tells_busy_from_too_small():
+    with pytest.raises(TrainError, match="only 1 fit in what is free now.*held by other work"):
+        check_resources(TrainConfig(num_workers=2), [{"CPU": 1.0}], busy=True)
