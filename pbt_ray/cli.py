@@ -17,7 +17,6 @@ from pbt_ray import __version__
 
 # Stages that later work fills in; until then they say so and exit with this code.
 NOT_BUILT = {
-    "eval": ("serve the trained adapter and run the persuasion evaluations", "issue 6"),
     "report": ("HTML report and plots of an evaluation run", "issue 6"),
 }
 EXIT_NOT_BUILT = 3
@@ -97,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-memory", type=float, default=1800.0, help="GiB of CPU memory per node [1800]")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    p = sub.add_parser("eval", help="run a persuasion evaluation against an endpoint: balanced, are-you-sure, "
+                                    "misinformation, team")
+    p.add_argument("suite", choices=["balanced", "are-you-sure", "misinformation", "team"], help="the evaluation")
+    _add_config_args(p)
+    p.add_argument("--url", help="OpenAI-compatible endpoint [start the debater app]")
+    p.add_argument("--pairs", help="balanced: held-out pairs (test.parquet or a `pbt mine` dir) [<run dir>/preferences]")
+    p.add_argument("--limit", type=int, help="items at most [eval.limit]")
+
     for name, (what, _) in NOT_BUILT.items():
         p = sub.add_parser(name, help=what)
         _add_config_args(p)
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pbt_ray.config import ConfigError
     from pbt_ray.models import ModelError
+    from pbt_ray.evaluation.stage import EvalError
     from pbt_ray.preferences.mining import MineError
     from pbt_ray.resources import ResourceError
     from pbt_ray.training.data import TrainDataError
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pbt: config error: {exc}", file=sys.stderr)
         return 2
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
-            TrainDataError, TrainError, ResourceError) as exc:
+            TrainDataError, TrainError, ResourceError, EvalError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -196,6 +204,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _mine(cfg, args)
     if args.command == "train":
         return _train(cfg, args)
+    if args.command == "eval":
+        return _eval(cfg, args)
     if args.command == "bench":
         return _bench(cfg, args)
     raise AssertionError(args.command)
@@ -388,6 +398,34 @@ def _plan_train(args) -> int:
     else:
         print(format_plan(result, suggestion))
     return 0 if result.fits else 1
+
+
+def _eval(cfg, args) -> int:
+    import asyncio
+
+    from pbt_ray.evaluation.stage import evaluate
+    from pbt_ray.loop import debater_endpoint
+    from pbt_ray.runtime import ray_cluster
+    from pbt_ray.serving.client import ChatClient
+
+    if args.limit:
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"limit": args.limit})})
+    if args.url:
+        url = args.url.rstrip("/")
+
+        async def served() -> list[str]:
+            client = ChatClient(url, timeout_s=30)
+            try:
+                return await client.models()
+            finally:
+                await client.close()
+
+        ours = "persuadee" in asyncio.run(served())  # our app answers to role names; others to model ids
+        evaluate(cfg, args.suite, url, pairs=args.pairs, endpoint_is_ours=ours)
+        return 0
+    with ray_cluster(cfg), debater_endpoint(cfg) as url:
+        evaluate(cfg, args.suite, url, pairs=args.pairs)
+    return 0
 
 
 def _bench(cfg, args) -> int:

@@ -351,9 +351,26 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    suites: list[Literal["balanced", "are_you_sure", "misinformation", "team_debate"]] = Field(
-        default_factory=lambda: ["balanced", "are_you_sure", "misinformation", "team_debate"],
-        description="Evaluations to run.",
+    """The persuasion evaluations (`pbt eval`, pbt_ray/evaluation/)."""
+
+    suites: list[Literal["balanced", "are-you-sure", "misinformation", "team"]] = Field(
+        default_factory=lambda: ["balanced", "are-you-sure", "misinformation", "team"],
+        description="Evaluations `pbt eval all` runs.",
+    )
+    questions: str | None = Field(
+        None, description="Question source of are-you-sure, misinformation and team (None: grow.questions); only "
+        "questions whose split (mine.seed, mine.split_fractions) is 'test' are used, so training never saw them.",
+    )
+    limit: PositiveInt | None = Field(50, description="Items per evaluation (None: all).")
+    model: str | None = Field(None, description="Model id evaluated (None: the persuadee role of the debater app).")
+    extractor: str | None = Field(None, description="Model id that extracts answers (None: the extractor role); named in every result.")
+    strong: str | None = Field(None, description="team: the stronger model's id (None: the persuader role).")
+    weak: str | None = Field(None, description="team: the weaker model's id (None: the persuadee role).")
+    max_tokens: PositiveInt = Field(80, description="New tokens per evaluated reply (greedy).")
+    concurrency: PositiveInt = Field(32, description="Requests in flight at once.")
+    appeals: list[Literal["repetition", "logical", "credibility", "emotional"]] = Field(
+        default_factory=lambda: ["repetition", "logical", "credibility", "emotional"],
+        description="misinformation: the persuader's appeals, in order, one turn each.",
     )
 
 

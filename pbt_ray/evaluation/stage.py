@@ -1,0 +1,162 @@
+"""`pbt eval SUITE`: run one evaluation against an endpoint and write its results and metrics.
+
+Output under ``<run dir>/eval/<suite>/``: ``results.jsonl`` (one scored item per line: replies, extracted
+answers, correctness, or the error that stopped it) and ``metrics.json`` (the numbers, the evaluated
+model, the extractor that scored it, counts and failures). Questions come from the test split of the
+run's question set (mine.seed hashing), so the evaluated model never trained on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pbt_ray.config import GrowConfig, PBTConfig
+from pbt_ray.evaluation import metrics as M
+
+SUITES = ("balanced", "are-you-sure", "misinformation", "team")
+
+
+class EvalError(ValueError):
+    """An evaluation cannot run (no items, no gold answers); the message says what to provide."""
+
+
+def held_out_questions(cfg: PBTConfig) -> list:
+    from pbt_ray.preferences.datasets import split_of
+    from pbt_ray.questions import load_questions
+
+    loaded = load_questions(cfg.eval.questions or cfg.grow.questions, None, "skip")
+    test = [q for q in loaded.questions
+            if split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) == "test"]
+    if not test:
+        raise EvalError(f"no test-split questions in {cfg.eval.questions or cfg.grow.questions}")
+    return test[: cfg.eval.limit] if cfg.eval.limit else test
+
+
+def balanced_items(cfg: PBTConfig, pairs: str | None = None) -> list[dict]:
+    from pbt_ray.evaluation.protocols import balanced_item
+    from pbt_ray.preferences.pairs import read_pairs
+
+    path = Path(pairs or cfg.run_dir / "preferences" / "pairs" / "test.parquet")
+    if path.is_dir():
+        path = path / "pairs" / "test.parquet" if (path / "pairs").is_dir() else path / "test.parquet"
+    if not path.is_file():
+        raise EvalError(f"no held-out pairs at {path}; run `pbt mine` first or pass --pairs")
+    items = [balanced_item(p) for p in read_pairs(path) if p.type in ("resist", "accept")]
+    if not items:
+        raise EvalError(f"{path} has no resist/accept pairs to evaluate on (grow more trees)")
+    if any(not i["gold"] for i in items):
+        raise EvalError(f"{path}: items without gold answers cannot be scored")
+    return items[: cfg.eval.limit] if cfg.eval.limit else items
+
+
+def role_models(cfg: PBTConfig, endpoint_is_ours: bool) -> dict[str, str]:
+    """The model ids of the evaluated model, the extractor, and the team's strong and weak models."""
+    roles = dict(cfg.serve.roles)
+
+    def pick(explicit: str | None, role: str) -> str:
+        return explicit or (role if endpoint_is_ours else roles[role])
+
+    return {"model": pick(cfg.eval.model, "persuadee"), "extractor": pick(cfg.eval.extractor, "extractor"),
+            "strong": pick(cfg.eval.strong, "persuader"), "weak": pick(cfg.eval.weak, "persuadee")}
+
+
+async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str], pairs: str | None,
+               progress) -> tuple[list[dict], dict[str, Any]]:
+    from pbt_ray.evaluation.runner import Evaluator, run_all, wrong_answer
+    from pbt_ray.serving.client import ChatClient
+
+    client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s)
+    try:
+        ev = Evaluator(client, models["model"], models["extractor"], cfg.eval.max_tokens, cfg.eval.concurrency)
+        if suite == "balanced":
+            items = balanced_items(cfg, pairs)
+            progress.reset(total=len(items))
+            results = await run_all(items, ev.balanced, key="pair_id", on_done=lambda _: progress.update(1))
+            return results, M.balanced([r for r in results if "error" not in r])
+        questions = held_out_questions(cfg)
+        if suite == "are-you-sure":
+            progress.reset(total=len(questions))
+            results = await run_all(questions, ev.are_you_sure, on_done=lambda _: progress.update(1))
+            return results, M.are_you_sure([r for r in results if "error" not in r])
+        if suite == "misinformation":
+            from pbt_ray.questions import load_questions
+
+            pool = load_questions(cfg.eval.questions or cfg.grow.questions, None, "skip").questions
+            progress.reset(total=len(questions))
+            results = await run_all(questions, lambda q: ev.misinformation(q, wrong_answer(q, pool), list(cfg.eval.appeals)),
+                                    on_done=lambda _: progress.update(1))
+            return results, M.misinformation([r for r in results if "error" not in r])
+        return await _team(cfg, client, models, questions, progress)
+    finally:
+        await client.close()
+
+
+async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list, progress):
+    """§5.4: both models discuss each question in evaluation mode, once with each speaking first."""
+    from pbt_ray.dialogue.growth import GrowthEngine
+
+    grow = GrowConfig(mode="eval", depth=cfg.debate.turns, max_tokens=cfg.eval.max_tokens, seed=cfg.grow.seed,
+                      independent_first=cfg.grow.independent_first, max_in_flight=cfg.eval.concurrency)
+    progress.reset(total=2 * len(questions))
+    records, results = [], []
+    for order, (a, b) in (("strong_first", ("strong", "weak")), ("weak_first", ("weak", "strong"))):
+        engine = GrowthEngine(client, grow, {"A": models[a], "B": models[b], "extractor": models["extractor"]})
+        trees = await engine.grow(questions)
+        for tree in trees:
+            progress.update(1)
+            if tree.status != "complete":
+                results.append({"question_id": tree.question_id, "order": order, "error": tree.error})
+                continue
+            record = M.team_record(tree, strong="A" if a == "strong" else "B")
+            records.append(record)
+            results.append({"question_id": tree.question_id, **vars(record), "turns": [
+                {"speaker": n.speaker, "text": n.text, "answer": n.answer, "correct": n.correct} for n in tree.nodes]})
+    return results, M.team(records)
+
+
+def evaluate(cfg: PBTConfig, suite: str, endpoint: str, *, pairs: str | None = None, endpoint_is_ours: bool = True,
+             log=print, show_progress: bool = True) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    if suite not in SUITES:
+        raise EvalError(f"unknown evaluation '{suite}'; one of {', '.join(SUITES)}")
+    models = role_models(cfg, endpoint_is_ours)
+    out_dir = cfg.run_dir / "eval" / suite
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tqdm(desc=f"eval {suite}", unit="item", disable=not show_progress) as bar:
+        results, numbers = asyncio.run(_run(cfg, suite, endpoint, models, pairs, bar))
+    errors = [r for r in results if "error" in r]
+    summary = {"suite": suite, "endpoint": endpoint, "model": models["model"], "extractor": models["extractor"],
+               **({"strong": models["strong"], "weak": models["weak"]} if suite == "team" else {}),
+               "items": len(results), "failed": len(errors), "metrics": numbers}
+    _atomic_write(out_dir / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in results))
+    _atomic_write(out_dir / "metrics.json", json.dumps(summary, indent=2, default=str) + "\n")
+    log(format_metrics(summary))
+    for e in errors[:5]:
+        log(f"[pbt] failed item: {e}")
+    return summary
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def format_metrics(summary: dict[str, Any]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "n/a" if v != v else f"{v:.3f}"
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {fmt(x)}" for k, x in v.items()) + "}"
+        return str(v)
+
+    head = (f"[pbt] eval {summary['suite']}: {summary['items']} items ({summary['failed']} failed), model "
+            f"{summary['model']}, answers extracted by {summary['extractor']}")
+    return "\n".join([head] + [f"  {k:<26} {fmt(v)}" for k, v in summary["metrics"].items()])

@@ -1,0 +1,81 @@
+"""The evaluation protocols driven by a scripted engine: exact turns, extraction, scoring, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from pbt_ray.evaluation.metrics import are_you_sure, misinformation
+from pbt_ray.evaluation.protocols import BELIEF_CHECK, CHALLENGE, FINAL_REQUEST
+from pbt_ray.evaluation.runner import Evaluator, run_all, wrong_answer
+from pbt_ray.questions import Question
+
+CITIES = ["Paris", "Lyon", "Berlin", "Madrid"]
+
+
+@dataclass
+class Result:
+    text: str
+
+
+class ScriptedEngine:
+    """The evaluated model flips to Lyon when challenged and adopts whatever it is told after two appeals;
+    the extractor reports the first city a reply names."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def chat(self, model, messages, **kwargs):
+        self.calls.append((model, [m["content"] for m in messages]))
+        last = messages[-1]["content"]
+        if model == "extractor":
+            reply = messages[-2]["content"].split("Reply:", 1)[1]  # the last message is the prefilled answer
+            return Result(next((f" {c}" for c in CITIES if c in reply), " NONE"))
+        if model == "broken":
+            raise RuntimeError("engine down")
+        if last == CHALLENGE:
+            return Result("Hmm, you may be right; maybe it is Lyon.")
+        if last == FINAL_REQUEST:
+            return Result("Lyon")
+        if last == BELIEF_CHECK:
+            appeals = sum(1 for m in messages if m["role"] == "user" and "Berlin" in m["content"])
+            return Result("Berlin" if appeals >= 2 else "Paris")
+        if "Berlin" in last:
+            return Result("I am not convinced." if "logical" not in last else "Good point.")
+        return Result("The capital of France is Paris.")
+
+
+PARIS = Question(id="q1", question="What is the capital of France?", answers=["Paris"])
+
+
+def test_are_you_sure_turns_and_scores():
+    engine = ScriptedEngine()
+    record = asyncio.run(Evaluator(engine, "policy", "extractor").are_you_sure(PARIS))
+    assert record["answers"] == ["Paris", "Lyon"] and (record["before"], record["after"]) == (True, False)
+    turns = [c for c in engine.calls if c[0] == "policy"]
+    assert [t[1][-1] for t in turns] == [turns[0][1][-1], CHALLENGE, FINAL_REQUEST]
+    assert "Question: What is the capital of France?" in turns[0][1][0]
+    m = are_you_sure([record])
+    assert m["flip_correct_to_incorrect"] == 1.0 and m["diff"] == -1.0
+
+
+def test_misinformation_adoption_after_each_appeal():
+    engine = ScriptedEngine()
+    record = asyncio.run(Evaluator(engine, "policy", "extractor").misinformation(PARIS, "Berlin"))
+    assert record["adopted"] == [False, True, True, True] and record["initial_correct"]
+    assert misinformation([record])["adoption_per_turn"] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_failures_are_recorded_not_dropped():
+    engine = ScriptedEngine()
+    evaluator = Evaluator(engine, "broken", "extractor")
+    results = asyncio.run(run_all([PARIS], evaluator.are_you_sure))
+    assert results == [{"error": "RuntimeError: engine down", "id": "q1"}]
+
+
+def test_wrong_answers_are_wrong_and_seeded():
+    pool = [PARIS, Question(id="q2", question="Capital of Spain?", answers=["Madrid"]),
+            Question(id="q3", question="Largest French city?", answers=["Paris"])]
+    assert wrong_answer(PARIS, pool) == "Madrid"  # never another question's answer that is also right
+    mc = Question(id="m", question="Cold storage?", answers=["B"], choices={"A": "oven", "B": "fridge", "C": "sink"})
+    assert wrong_answer(mc, pool) in ("A", "C") and wrong_answer(mc, pool) == wrong_answer(mc, pool)
