@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the debater Serve app (OpenAI API) and keep it running")
     _add_config_args(p)
     p.add_argument("--print-serve-config", action="store_true", help="print a Serve config file for this config and exit")
+    p.add_argument("--trained", metavar="RUN_DIR",
+                   help="also serve a trained model: a `pbt train` run directory (or adapter directory); the adapter is "
+                        "merged into its base once and served as model 'pbt-trained' (role 'trained')")
 
     p = sub.add_parser("debate", help="one evaluation-mode debate between speakers A and B, printed as a tree")
     _add_config_args(p)
@@ -189,6 +192,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return EXIT_NOT_BUILT
     if args.command == "serve":
+        if args.trained:
+            from pbt_ray.serving.trained import merged_model, with_trained_model
+
+            cfg = with_trained_model(cfg, merged_model(args.trained))
         return _serve(cfg, args.print_serve_config, args.config, args.overrides)
     if args.command == "run":
         from pbt_ray.loop import run

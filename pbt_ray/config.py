@@ -42,7 +42,7 @@ class RayConfig(_Strict):
         "(inside `ray job submit`), else start an in-process local cluster with its own temp dir.",
     )
     num_cpus: PositiveInt | None = Field(
-        None, description="Logical CPUs of an in-process cluster (None: the machine's count, at least 4)."
+        None, description="Logical CPUs of an in-process cluster (None: the machine's count, at least 6)."
     )
     object_store_memory_mb: PositiveInt | None = Field(
         None, description="Object store size of an in-process cluster in MiB (None: Ray's default)."
@@ -111,6 +111,13 @@ class ServedModelConfig(_Strict):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM EngineArgs, applied last (e.g. max_num_seqs)."
     )
+    lora_path: str | None = Field(
+        None,
+        description="Serve trained LoRA adapters on this model by multiplexing: an s3:// or gs:// prefix holding "
+        "one adapter directory per name; clients ask for '<id>:<name>'. (Local runs: `pbt serve --trained`.)",
+    )
+    max_lora_rank: PositiveInt = Field(16, description="Largest LoRA rank the engine accepts (train.lora_r).")
+    max_adapters: PositiveInt = Field(4, description="LoRA adapters one replica holds at once.")
 
     @model_validator(mode="after")
     def _check(self) -> ServedModelConfig:
@@ -118,6 +125,10 @@ class ServedModelConfig(_Strict):
             raise ValueError(f"min_replicas ({self.min_replicas}) is larger than max_replicas ({self.max_replicas})")
         if self.accelerator == "cpu" and (self.accelerator_type or self.tensor_parallel_size > 1):
             raise ValueError("accelerator_type and tensor_parallel_size > 1 need accelerator: gpu")
+        if self.lora_path and not self.lora_path.split("://", 1)[0] in ("s3", "gs", "abfss", "azure"):
+            raise ValueError(f"lora_path must be an s3://, gs://, abfss:// or azure:// prefix (ray.serve.llm loads "
+                             f"adapters from object storage), got {self.lora_path!r}; serve a local training run "
+                             "with `pbt serve --trained runs/<name>`")
         reserved = {"model", "served_model_name", "trust_remote_code", "dtype", "max_model_len"} & set(self.engine_kwargs)
         if reserved:
             raise ValueError(f"set {sorted(reserved)} through the model's own fields, not engine_kwargs")

@@ -117,10 +117,11 @@ def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = False
     # Unix socket paths are limited to 107 bytes, so keep the temp dir short (not under a deep $TMPDIR).
     temp_dir = tempfile.mkdtemp(prefix="pbt-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    # Logical CPUs, not cores: one CPU engine replica holds 2 (its Serve actor and its engine bundle) and the
+    # Logical CPUs, not cores: one CPU engine replica holds 2 (its Serve actor and its engine bundle); a trained
+    # model served next to the debaters holds 2 more (`pbt serve --trained`), and the
     # ingress and later Data/Train stages want their own; the engine's threads do the real work, so
     # oversubscribing a 2-core machine is safe where too few logical CPUs would leave actors pending.
-    num_cpus = cfg.ray.num_cpus or max(4, os.cpu_count() or 1)
+    num_cpus = cfg.ray.num_cpus or max(6, os.cpu_count() or 1)
     quiet_driver_logs(cfg.ray.log_to_driver)
     log(f"[pbt] starting an in-process Ray cluster ({num_cpus} logical CPUs, logs in {temp_dir})")
     ray.init(

@@ -40,6 +40,8 @@ def llm_config_dict(model: ServedModelConfig, source: str, env: dict[str, str]) 
     if model.accelerator == "gpu":
         engine_kwargs["tensor_parallel_size"] = model.tensor_parallel_size
         engine_kwargs["gpu_memory_utilization"] = model.gpu_memory_utilization
+    if model.lora_path:  # LoRA multiplexing: adapters load on demand from object storage
+        engine_kwargs.update({"enable_lora": True, "max_lora_rank": model.max_lora_rank, "max_loras": model.max_adapters})
     engine_kwargs.update(model.engine_kwargs)
 
     loading: dict[str, Any] = {"model_id": model.id, "model_source": source}
@@ -66,6 +68,9 @@ def llm_config_dict(model: ServedModelConfig, source: str, env: dict[str, str]) 
         config["placement_group_config"] = {"bundles": [{"CPU": model.cpus_per_replica}]}
     elif model.accelerator_type:
         config["accelerator_type"] = model.accelerator_type
+    if model.lora_path:
+        config["lora_config"] = {"dynamic_lora_loading_path": model.lora_path.rstrip("/"),
+                                 "max_num_adapters_per_replica": model.max_adapters}
     config["runtime_env"] = {"env_vars": env}
     return config
 
