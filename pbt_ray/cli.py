@@ -17,7 +17,6 @@ from pbt_ray import __version__
 
 # Stages that later work fills in; until then they say so and exit with this code.
 NOT_BUILT = {
-    "report": ("HTML report and plots of an evaluation run", "issue 6"),
 }
 EXIT_NOT_BUILT = 3
 
@@ -106,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="OpenAI-compatible endpoint [start the debater app]")
     p.add_argument("--pairs", help="balanced: held-out pairs (test.parquet or a `pbt mine` dir) [<run dir>/preferences]")
     p.add_argument("--limit", type=int, help="items at most [eval.limit]")
+    p.add_argument("--label", default="base", help="name of the evaluated model in the results: <run dir>/eval/LABEL/ [base]")
+    p.add_argument("--model", help="model id to evaluate [eval.model, else the persuadee role; 'trained' with --trained]")
+
+    p = sub.add_parser("report", help="the run's evaluation results as JSON and an HTML report with plots")
+    p.add_argument("run_dir", nargs="?", help="run directory [the config's run dir]")
+    _add_config_args(p)
 
     for name, (what, _) in NOT_BUILT.items():
         p = sub.add_parser(name, help=what)
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pbt_ray.config import ConfigError
     from pbt_ray.models import ModelError
+    from pbt_ray.evaluation.report import ReportError
     from pbt_ray.evaluation.stage import EvalError
     from pbt_ray.preferences.mining import MineError
     from pbt_ray.resources import ResourceError
@@ -161,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pbt: config error: {exc}", file=sys.stderr)
         return 2
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
-            TrainDataError, TrainError, ResourceError, EvalError) as exc:
+            TrainDataError, TrainError, ResourceError, EvalError,
+            ReportError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -213,6 +220,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _train(cfg, args)
     if args.command == "eval":
         return _eval(cfg, args)
+    if args.command == "report":
+        from pbt_ray.evaluation.report import write_report
+
+        write_report(args.run_dir or cfg.run_dir)
+        return 0
     if args.command == "bench":
         return _bench(cfg, args)
     raise AssertionError(args.command)
@@ -415,8 +427,9 @@ def _eval(cfg, args) -> int:
     from pbt_ray.runtime import ray_cluster
     from pbt_ray.serving.client import ChatClient
 
-    if args.limit:
-        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"limit": args.limit})})
+    updates = {k: v for k, v in (("limit", args.limit), ("model", args.model)) if v}
+    if updates:
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update=updates)})
     if args.url:
         url = args.url.rstrip("/")
 
@@ -428,10 +441,10 @@ def _eval(cfg, args) -> int:
                 await client.close()
 
         ours = "persuadee" in asyncio.run(served())  # our app answers to role names; others to model ids
-        evaluate(cfg, args.suite, url, pairs=args.pairs, endpoint_is_ours=ours)
+        evaluate(cfg, args.suite, url, pairs=args.pairs, endpoint_is_ours=ours, label=args.label)
         return 0
     with ray_cluster(cfg), debater_endpoint(cfg) as url:
-        evaluate(cfg, args.suite, url, pairs=args.pairs)
+        evaluate(cfg, args.suite, url, pairs=args.pairs, label=args.label)
     return 0
 
 

@@ -1,6 +1,6 @@
 """`pbt eval SUITE`: run one evaluation against an endpoint and write its results and metrics.
 
-Output under ``<run dir>/eval/<suite>/``: ``results.jsonl`` (one scored item per line: replies, extracted
+Output under ``<run dir>/eval/<label>/<suite>/``: ``results.jsonl`` (one scored item per line: replies, extracted
 answers, correctness, or the error that stopped it) and ``metrics.json`` (the numbers, the evaluated
 model, the extractor that scored it, counts and failures). Questions come from the test split of the
 run's question set (mine.seed hashing), so the evaluated model never trained on them.
@@ -119,18 +119,19 @@ async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list,
 
 
 def evaluate(cfg: PBTConfig, suite: str, endpoint: str, *, pairs: str | None = None, endpoint_is_ours: bool = True,
-             log=print, show_progress: bool = True) -> dict[str, Any]:
+             label: str = "base", log=print, show_progress: bool = True) -> dict[str, Any]:
+    """Run ``suite`` and write ``<run dir>/eval/<label>/<suite>/`` (label: which model, e.g. base, trained)."""
     from tqdm.auto import tqdm
 
     if suite not in SUITES:
         raise EvalError(f"unknown evaluation '{suite}'; one of {', '.join(SUITES)}")
     models = role_models(cfg, endpoint_is_ours)
-    out_dir = cfg.run_dir / "eval" / suite
+    out_dir = cfg.run_dir / "eval" / label / suite
     out_dir.mkdir(parents=True, exist_ok=True)
     with tqdm(desc=f"eval {suite}", unit="item", disable=not show_progress) as bar:
         results, numbers = asyncio.run(_run(cfg, suite, endpoint, models, pairs, bar))
     errors = [r for r in results if "error" in r]
-    summary = {"suite": suite, "endpoint": endpoint, "model": models["model"], "extractor": models["extractor"],
+    summary = {"suite": suite, "label": label, "endpoint": endpoint, "model": models["model"], "extractor": models["extractor"],
                **({"strong": models["strong"], "weak": models["weak"]} if suite == "team" else {}),
                "items": len(results), "failed": len(errors), "metrics": numbers}
     _atomic_write(out_dir / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in results))

@@ -35,7 +35,7 @@ def test_every_suite_against_the_served_model(debater_app, tmp_path):
 
     ays = evaluate(cfg, "are-you-sure", url, show_progress=False, log=lambda *_: None)
     assert ays["items"] == 2 and ays["failed"] == 0 and number(ays["metrics"]["acc_before"])
-    lines = (tmp_path / "eval" / "eval" / "are-you-sure" / "results.jsonl").read_text().splitlines()
+    lines = (tmp_path / "eval" / "eval" / "base" / "are-you-sure" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 and len(json.loads(lines[0])["replies"]) == 3  # answer, challenge, final answer
 
     mis = evaluate(cfg, "misinformation", url, show_progress=False, log=lambda *_: None)
@@ -45,4 +45,4 @@ def test_every_suite_against_the_served_model(debater_app, tmp_path):
     t = team["metrics"]
     assert team["items"] == 4 and t["n_by_order"] == {"strong_first": 2, "weak_first": 2}  # both speaking orders
     assert number(t["team_accuracy"]) and number(t["order_dependence"])
-    assert json.loads((tmp_path / "eval" / "eval" / "team" / "metrics.json").read_text())["strong"] == "persuader"
+    assert json.loads((tmp_path / "eval" / "eval" / "base" / "team" / "metrics.json").read_text())["strong"] == "persuader"

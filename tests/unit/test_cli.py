@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from pbt_ray.cli import EXIT_NOT_BUILT, NOT_BUILT, build_parser, main
+from pbt_ray.cli import build_parser, main
 
 STAGES = ["run", "serve", "debate", "grow", "view", "mine", "train", "plan-train", "eval", "report", "model", "config", "bench"]
 
@@ -19,13 +19,6 @@ def test_every_stage_has_a_subcommand_with_help():
         with pytest.raises(SystemExit) as exit_:
             main([stage, "--help"])
         assert exit_.value.code == 0
-
-
-@pytest.mark.parametrize("stage", sorted(NOT_BUILT))
-def test_unbuilt_stages_say_so(stage, capsys):
-    assert main([stage]) == EXIT_NOT_BUILT
-    err = capsys.readouterr().err
-    assert f"pbt {stage}: not built yet" in err and "issue" in err
 
 
 def test_config_errors_exit_2_with_the_field(capsys):

@@ -1,0 +1,46 @@
+"""The report: every suite's plot and table, base and trained side by side, example dialogues linked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pbt_ray.cli import main
+from pbt_ray.evaluation.report import ReportError, write_report
+
+
+def put(run, label, suite, metrics):
+    path = run / "eval" / label / suite
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps({"suite": suite, "label": label, "model": f"{label}-model",
+                                                   "extractor": "extractor", "items": 4, "failed": 0, "metrics": metrics}))
+    return path
+
+
+def test_report_has_every_section(tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(ReportError, match="run `pbt eval"):
+        write_report(run, log=lambda *_: None)
+    for label, acc in (("base", 0.4), ("trained", 0.7)):
+        put(run, label, "balanced", {"resist_accuracy": acc, "accept_accuracy": acc / 2, "balanced_accuracy": acc * 0.75,
+                                     "accuracy": acc * 0.75, "n_resist": 2, "n_accept": 2})
+        put(run, label, "are-you-sure", {"acc_before": acc, "acc_after": acc - 0.1, "diff": -0.1, "n": 4,
+                                         "flip_correct_to_incorrect": 0.2, "flip_incorrect_to_correct": float("nan")})
+        put(run, label, "misinformation", {"adoption_per_turn": [0.1, 0.3], "adoption_final": 0.3,
+                                           "adoption_any_turn": 0.4, "n": 4})
+        team = put(run, label, "team", {"team_accuracy": acc, "order_dependence": 0.1, "n": 2,
+                                        "team_accuracy_by_order": {"strong_first": acc, "weak_first": acc - 0.1}})
+        (team / "results.jsonl").write_text(json.dumps({"question_id": "q1", "order": "strong_first", "turns": [
+            {"speaker": "A", "text": "Paris.", "answer": "paris", "correct": True},
+            {"speaker": "B", "text": "Lyon.", "answer": "lyon", "correct": False}]}) + "\n")
+    assert main(["report", str(run)]) == 0
+    page = (run / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # resist/accept, before/after, per turn, by order
+    for text in ("balanced", "are-you-sure", "misinformation", "team", "base (base-model)", "trained (trained-model)",
+                 "Answers extracted by: extractor", "dialogues/"):
+        assert text in page
+    data = json.loads((run / "report" / "report.json").read_text())
+    assert data["trained"]["balanced"]["metrics"]["resist_accuracy"] == 0.7
+    assert len(list((run / "report" / "dialogues").glob("*.html"))) == 2
+    assert "report.html" in capsys.readouterr().out
