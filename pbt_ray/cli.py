@@ -35,9 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pbt-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="the main job: the whole loop on the configured cluster (today: serve, debate, grow, mine)")
+    p = sub.add_parser("run", help="the main job: serve, debate, grow, mine, train, evaluate base and trained, report")
     _add_config_args(p)
     p.add_argument("--question", help="debate this question instead of the first bundled one")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="redo this stage and every later one (debate, grow, mine, train, eval, report); finished "
+                        "stages are otherwise skipped")
 
     p = sub.add_parser("serve", help="start the debater Serve app (OpenAI API) and keep it running")
     _add_config_args(p)
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.models import ModelError
     from pbt_ray.evaluation.report import ReportError
     from pbt_ray.evaluation.stage import EvalError
+    from pbt_ray.loop import LoopError
     from pbt_ray.preferences.mining import MineError
     from pbt_ray.resources import ResourceError
     from pbt_ray.training.data import TrainDataError
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
             TrainDataError, TrainError, ResourceError, EvalError,
-            ReportError) as exc:
+            ReportError, LoopError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -207,7 +211,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from pbt_ray.loop import run
 
-        return run(cfg, args.question)
+        return run(cfg, args.question, from_stage=args.from_stage)
     if args.command == "debate":
         return _debate(cfg, args.question, args.url)
     if args.command == "grow":

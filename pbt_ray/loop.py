@@ -1,7 +1,8 @@
 """The loop's stages, composed: what `pbt run` and the `jobs/` entrypoints call.
 
-Today: serve the debaters, hold one demo debate, grow the trees, mine them into preference pairs.
-Training and evaluation join as they are built.
+serve -> debate -> grow -> mine -> train -> serve the trained model -> evaluate (base and trained) ->
+report, under one run directory; each finished stage is recorded in ``loop_state.json`` and skipped on a
+rerun.
 """
 
 from __future__ import annotations
@@ -68,25 +69,151 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
     return tree
 
 
-def run(cfg: PBTConfig, question: str | None = None, log=print) -> int:
-    """The main job: serve, one demo debate (printed), grow the configured trees, mine them into pairs."""
+LOOP_STAGES = ("debate", "grow", "mine", "train", "eval", "report")
+STATE_FILE = "loop_state.json"
+STATE_VERSION = 1
+
+
+class LoopError(ValueError):
+    """The run directory cannot be continued (another version's state, an unknown stage)."""
+
+
+def load_state(cfg: PBTConfig, from_stage: str | None = None) -> dict:
+    """Which stages of this run directory are finished; ``from_stage`` forgets it and every later one."""
+    path = cfg.run_dir / STATE_FILE
+    state = {"version": STATE_VERSION, "done": {}}
+    if path.is_file():
+        state = json.loads(path.read_text())
+        if state.get("version") != STATE_VERSION:
+            raise LoopError(f"{cfg.run_dir} was written by another pbt-ray version (loop state version "
+                            f"{state.get('version')!r}, this one reads {STATE_VERSION}); use a new run name "
+                            "(name=...) or move the directory away. Finished results stay where they are.")
+    if from_stage is not None:
+        if from_stage not in LOOP_STAGES:
+            raise LoopError(f"--from {from_stage}: not a stage; stages are {', '.join(LOOP_STAGES)}")
+        for stage in LOOP_STAGES[LOOP_STAGES.index(from_stage):]:
+            state["done"].pop(stage, None)
+    return state
+
+
+def mark_done(cfg: PBTConfig, state: dict, stage: str, info: dict | None = None) -> None:
+    state["done"][stage] = info or {}
+    path = cfg.run_dir / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{STATE_FILE}.tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str | None = None) -> int:
+    """The main job: serve; a demo debate (printed); grow; mine; train; serve the trained model; evaluate
+    base and trained; report. Finished stages are skipped on a rerun (``<run dir>/loop_state.json``);
+    ``from_stage`` restarts from a stage."""
+    from pbt_ray.runtime import ray_cluster
+
+    state = load_state(cfg, from_stage)
+    todo = [s for s in LOOP_STAGES if s not in state["done"]]
+    if not todo:
+        log(f"[pbt] every stage of {cfg.run_dir} is done; `pbt run --from STAGE` redoes one "
+            f"({', '.join(LOOP_STAGES)})")
+        return 0
+    skipped = [s for s in LOOP_STAGES if s in state["done"]]
+    if skipped:
+        log(f"[pbt] already done, skipped: {', '.join(skipped)}")
+    ok = True
+    with ray_cluster(cfg, log=log):
+        if set(todo) & {"debate", "grow", "eval"}:
+            with debater_endpoint(cfg, log=log) as url:
+                ok = _serve_stages(cfg, state, url, question, log)
+        if "report" in todo:
+            from pbt_ray.evaluation.report import ReportError, write_report
+
+            try:
+                write_report(cfg.run_dir, log=log)
+                mark_done(cfg, state, "report")
+            except ReportError as exc:
+                log(f"[pbt] report skipped: {exc}")
+    return 0 if ok else 1
+
+
+def _serve_stages(cfg: PBTConfig, state: dict, url: str, question: str | None, log) -> bool:
     from pbt_ray.dialogue.pipeline import grow_trees
     from pbt_ray.dialogue.view import render_text
     from pbt_ray.preferences.mining import mine
-    from pbt_ray.runtime import ray_cluster
 
-    with ray_cluster(cfg, log=log), debater_endpoint(cfg, log=log) as url:
+    ok = True
+    done = state["done"]
+    if "debate" not in done:
         tree = debate(cfg, url, question)
         log("\n" + render_text(tree, color=sys.stdout.isatty()))
         out = cfg.run_dir / "debate.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(to_row(tree), indent=2) + "\n")
         log(f"[pbt] debate written to {out}\n")
+        ok = tree.status == "complete"
+        mark_done(cfg, state, "debate")
+    if "grow" not in done:
         summary = grow_trees(cfg, url, log=log)
         log(format_grow_summary(summary, cfg))
+        ok = ok and summary.failed == 0
+        if summary.failed == 0:
+            mark_done(cfg, state, "grow", {"trees": summary.grown + summary.already_done})
+    if "mine" not in done:
         # Mining reads the run's trees (this run's and earlier ones); the pairs go to <run dir>/preferences.
-        mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), log=log)
-    return 0 if tree.status == "complete" and summary.failed == 0 else 1
+        stats = mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), log=log)
+        mark_done(cfg, state, "mine", {"selected": stats["selected"]})
+    if "train" not in done:
+        _train_stage(cfg, state, log)
+    if "eval" not in done:
+        _eval_stage(cfg, state, url, log)
+    return ok
+
+
+def _train_stage(cfg: PBTConfig, state: dict, log) -> None:
+    from pbt_ray.training.data import TrainDataError
+    from pbt_ray.training.launch import prepare, train
+
+    try:
+        plan = prepare(cfg, str(cfg.run_dir / "preferences"), log=log)
+    except TrainDataError as exc:  # e.g. the embedded model's trees gave no trainable pairs
+        log(f"[pbt] train skipped: {exc}")
+        mark_done(cfg, state, "train", {"skipped": str(exc)})
+        return
+    metrics = train(cfg, str(cfg.run_dir / "preferences"), log=log, plan=plan)
+    mark_done(cfg, state, "train", {"adapter": metrics.get("adapter"), "global_step": metrics.get("global_step")})
+
+
+def _eval_stage(cfg: PBTConfig, state: dict, url: str, log) -> None:
+    """The configured suites on the base model (the app's persuadee) and, if training produced one, on the
+    trained model served from its own app next to the debaters."""
+    from pbt_ray.evaluation.stage import EvalError, evaluate
+
+    def run_suites(label: str, endpoint: str, model: str | None) -> None:
+        ecfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"model": model})})
+        for suite in cfg.eval.suites:
+            try:
+                evaluate(ecfg, suite, endpoint, label=label, log=log)
+            except EvalError as exc:
+                log(f"[pbt] eval {suite} ({label}) skipped: {exc}")
+
+    run_suites("base", url, None)
+    adapter = cfg.run_dir / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        with trained_endpoint(cfg, log) as trained_url:
+            run_suites("trained", trained_url, "trained")
+    mark_done(cfg, state, "eval")
+
+
+@contextlib.contextmanager
+def trained_endpoint(cfg: PBTConfig, log=print) -> Iterator[str]:
+    """The debater app updated in place with the run's trained model added (role ``trained``): the
+    debaters' deployments keep running, and the same extractor scores base and trained answers."""
+    from pbt_ray.serving.app import deploy, wait_ready
+    from pbt_ray.serving.trained import merged_model, with_trained_model
+
+    tcfg = with_trained_model(cfg, merged_model(cfg.run_dir, log=log))
+    deploy(tcfg, log=log)
+    yield wait_ready(tcfg, log=log)
 
 
 def format_grow_summary(summary, cfg: PBTConfig) -> str:

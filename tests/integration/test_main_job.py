@@ -12,13 +12,14 @@ from pbt_ray.dialogue.pipeline import read_trees
 from .conftest import free_port
 
 pytestmark = pytest.mark.integration
+SMALL = ["grow.limit=2", "eval.limit=1", "eval.suites=[are-you-sure,team]", "debate.turns=2"]
 
 
 def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"serve.port={free_port()}", f"runs_dir={tmp_path}",
-         "grow.limit=2"],
+         *SMALL],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -38,4 +39,22 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     assert len(list(read_trees(tmp_path / "local"))) == 2
     # Then the pairs, with the stats report.
     assert "pairs by type:" in out and "[pbt] pairs in" in out
-    assert (tmp_path / "local" / "preferences" / "mine_stats.json").is_file()
+    run = tmp_path / "local"
+    assert (run / "preferences" / "mine_stats.json").is_file()
+    # Training ran or said why not (two trees of the 135M model rarely give a trainable pair); then the
+    # evaluations of the base model and the report.
+    state = json.loads((run / "loop_state.json").read_text())
+    assert list(state["done"]) == ["debate", "grow", "mine", "train", "eval", "report"]
+    assert "adapter" in state["done"]["train"] or "train skipped:" in out
+    for suite in ("are-you-sure", "team"):
+        assert json.loads((run / "eval" / "base" / suite / "metrics.json").read_text())["items"] >= 1
+    assert "data:image/png;base64," in (run / "report" / "report.html").read_text()
+
+    # A rerun skips every finished stage (no cluster, no app); --from redoes the report only.
+    again = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "every stage of" in again.stdout and "starting an in-process" not in again.stdout
+    redo = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL,
+                           "--from", "report"], capture_output=True, text=True, timeout=300, env=env)
+    assert redo.returncode == 0 and "already done, skipped: debate, grow, mine, train, eval" in redo.stdout
+    assert "[pbt] report:" in redo.stdout and "debater app ready" not in redo.stdout
