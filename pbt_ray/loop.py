@@ -189,7 +189,9 @@ def _eval_stage(cfg: PBTConfig, state: dict, url: str, log) -> None:
     from pbt_ray.evaluation.stage import EvalError, evaluate
 
     def run_suites(label: str, endpoint: str, model: str | None) -> None:
-        ecfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"model": model})})
+        # The evaluated model answers the single-model suites; in the team debate it is the weaker partner
+        # (the persuadee's seat) next to the unchanged persuader.
+        ecfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"model": model, "weak": model})})
         for suite in cfg.eval.suites:
             try:
                 evaluate(ecfg, suite, endpoint, label=label, log=log)

@@ -12,7 +12,10 @@ from pbt_ray.dialogue.pipeline import read_trees
 from .conftest import free_port
 
 pytestmark = pytest.mark.integration
-SMALL = ["grow.limit=2", "eval.limit=1", "eval.suites=[are-you-sure,team]", "debate.turns=2"]
+# Two trivia trees and balanced mining: training is skipped with its reason (tests/integration/test_train.py and
+# test_trained_serve.py cover training and the trained endpoint), which keeps this test to a few minutes.
+SMALL = ["grow.limit=2", "grow.questions=bundled:trivia", "mine.balance=balanced", "eval.limit=1",
+         "eval.suites=[are-you-sure,team]", "debate.turns=2"]
 
 
 def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
