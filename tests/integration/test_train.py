@@ -33,7 +33,7 @@ def pairs_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pairs")
     (root / "trees").mkdir()
     write_ours(root / "trees" / "part-0.parquet", [random_tree(random.Random(s), s) for s in range(60)])
-    cfg = load_config("local", ["mine.split_fractions=[0.85,0.15,0.0]"])
+    cfg = load_config("local", ["mine.split_fractions=[0.85,0.15,0.0]", "mine.balance=balanced"])
     stats = mine(cfg, trees=str(root), out=str(root / "prefs"), use_ray=False, log=lambda *_: None)
     assert stats["selected"]["train"]["resist"] >= 8
     return root / "prefs"

@@ -115,7 +115,7 @@ def test_mine_both_input_formats_and_write_trl_ready_files(tmp_path):
     (tmp_path / "trees").mkdir()
     write_ours(tmp_path / "trees" / "part-a.parquet", trees)
     write_reference_jsonl(trees, tmp_path / "reference.jsonl")
-    cfg = load_config("local", [f"runs_dir={tmp_path}", "name=run", "mine.split_fractions=[1.0,0.0,0.0]"])
+    cfg = load_config("local", [f"runs_dir={tmp_path}", "name=run", "mine.split_fractions=[1.0,0.0,0.0]", "mine.balance=balanced"])
     logs = []
     stats = mine(cfg, trees=str(tmp_path), out=str(tmp_path / "ours"), use_ray=False, log=logs.append)
     ref = mine(cfg, trees=str(tmp_path / "reference.jsonl"), out=str(tmp_path / "ref"), use_ray=False, log=logs.append)
