@@ -26,7 +26,8 @@ def check_full_depth(tree, cfg):
 
 def test_grow_four_full_trees_through_ray_data(debater_app, tmp_path):
     base, url = debater_app
-    cfg = load_config("local", [f"runs_dir={tmp_path}", "name=four", "grow.limit=4", "grow.batch_size=2",
+    cfg = load_config("local", [f"runs_dir={tmp_path}", "name=four", "grow.questions=bundled:trivia", "grow.limit=4",
+                                "grow.batch_size=2",
                                 "grow.max_growers=2", f"serve.port={base.serve.port}"])
     summary = grow_trees(cfg, url, progress=False)
     assert (summary.grown, summary.failed, summary.already_done) == (4, 0, 0)
