@@ -67,7 +67,8 @@ def test_grow_four_full_trees_through_ray_data(debater_app, tmp_path):
 
 def test_killed_grow_resumes_without_duplicates_or_losses(debater_app, tmp_path):
     base, url = debater_app
-    overrides = [f"runs_dir={tmp_path}", "name=killed", "grow.limit=6", "grow.batch_size=1", "grow.max_growers=1",
+    overrides = [f"runs_dir={tmp_path}", "name=killed", "grow.questions=bundled:trivia", "grow.limit=6",
+                 "grow.batch_size=1", "grow.max_growers=1",
                  f"grow.endpoint={url}", f"serve.port={base.serve.port}"]
     cfg = load_config("local", overrides)
     trees_dir = cfg.run_dir / "trees"
