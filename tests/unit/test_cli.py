@@ -51,3 +51,12 @@ def test_mine_and_train_report_missing_inputs_without_starting_ray(tmp_path, cap
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "-c", "local", f"runs_dir={tmp_path}"]) == 1
     assert "run `pbt mine` first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,stage", [("run_loop", "run"), ("grow", "grow"), ("mine", "mine"), ("train", "train"),
+                                          ("serve", "serve"), ("eval", "eval"), ("report", "report")])
+def test_every_stage_has_a_job_entrypoint(script, stage):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "jobs" / f"{script}.py").read_text()
+    assert f'main(["{stage}", *sys.argv[1:]])' in text and "ray job submit" in text

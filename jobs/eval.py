@@ -1,0 +1,14 @@
+"""`ray job submit` entrypoint for `pbt eval`: parses the same arguments.
+
+    ray job submit --address http://HEAD:8265 --runtime-env jobs/runtime_env.yaml -- \
+        python jobs/eval.py balanced -c gpu-paper
+
+Inside a job RAY_ADDRESS is set, so the stage joins that cluster instead of starting one.
+"""
+
+import sys
+
+from pbt_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["eval", *sys.argv[1:]]))
