@@ -188,10 +188,11 @@ def tree_to_reference(tree: Tree) -> dict:
             "model_a": tree.models.get("A", ""), "model_b": tree.models.get("B", "")}
 
 
-def read_reference_jsonl(
+def read_reference_records(
     path, *, mode: str = "train", source: str = "reference"
-) -> Iterator[tuple[int, Tree | TreeSchemaError]]:
-    """Yield ``(line number, tree or error)`` per non-blank line; a bad line never stops the file."""
+) -> Iterator[tuple[int, dict | None, Tree | TreeSchemaError]]:
+    """Yield ``(line number, record or None, tree or error)`` per non-blank line; a bad line never stops the
+    file. The raw record is kept for readers that need the slots exactly as written (the reference rule)."""
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
@@ -199,12 +200,20 @@ def read_reference_jsonl(
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield lineno, TreeSchemaError(f"line {lineno}: not JSON ({exc.msg})")
+                yield lineno, None, TreeSchemaError(f"line {lineno}: not JSON ({exc.msg})")
                 continue
             try:
-                yield lineno, tree_from_reference(record, mode=mode, source=source)
+                yield lineno, record, tree_from_reference(record, mode=mode, source=source)
             except TreeSchemaError as exc:
-                yield lineno, TreeSchemaError(f"line {lineno}: {exc}")
+                yield lineno, record, TreeSchemaError(f"line {lineno}: {exc}")
+
+
+def read_reference_jsonl(
+    path, *, mode: str = "train", source: str = "reference"
+) -> Iterator[tuple[int, Tree | TreeSchemaError]]:
+    """Yield ``(line number, tree or error)`` per non-blank line; a bad line never stops the file."""
+    for lineno, _record, item in read_reference_records(path, mode=mode, source=source):
+        yield lineno, item
 
 
 def write_reference_jsonl(trees: Iterable[Tree], path) -> None:

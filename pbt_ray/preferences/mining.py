@@ -76,7 +76,7 @@ def mine_file(path: str, fmt: str, mcfg: MineConfig) -> dict[str, Any]:
     """Mine every tree of one file. A broken tree is a counted drop naming its file and id or line."""
     import pyarrow.parquet as pq
 
-    from pbt_ray.dialogue.reference import tree_from_reference
+    from pbt_ray.dialogue.reference import read_reference_records
     from pbt_ray.dialogue.tree import from_row as tree_from_row
 
     results: list[MineResult] = []
@@ -93,17 +93,11 @@ def mine_file(path: str, fmt: str, mcfg: MineConfig) -> dict[str, Any]:
                 continue
             results.append(_mine(tree, None, mcfg))
     else:
-        with open(path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    tree = tree_from_reference(record, mode="train", source=os.path.basename(path))
-                except (json.JSONDecodeError, TreeSchemaError) as exc:
-                    results.append(_broken(f"{path} line {lineno}", exc))
-                    continue
-                results.append(_mine(tree, record, mcfg))
+        for lineno, record, item in read_reference_records(path, source=os.path.basename(path)):
+            if isinstance(item, TreeSchemaError):
+                results.append(_broken(f"{path} line {lineno}", item))
+            else:
+                results.append(_mine(item, record, mcfg))
     return {
         "path": path,
         "trees": sum(r.trees for r in results),
