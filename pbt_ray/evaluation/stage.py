@@ -24,16 +24,16 @@ class EvalError(ValueError):
     """An evaluation cannot run (no items, no gold answers); the message says what to provide."""
 
 
-def held_out_questions(cfg: PBTConfig) -> list:
+def held_out_questions(cfg: PBTConfig) -> tuple[list, list]:
+    """(the test-split questions to evaluate, every question of the set: the misinformation pool)."""
     from pbt_ray.preferences.datasets import split_of
     from pbt_ray.questions import load_questions
 
-    loaded = load_questions(cfg.eval.questions or cfg.grow.questions, None, "skip")
-    test = [q for q in loaded.questions
-            if split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) == "test"]
+    every = load_questions(cfg.eval.questions or cfg.grow.questions, None, "skip").questions
+    test = [q for q in every if split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) == "test"]
     if not test:
         raise EvalError(f"no test-split questions in {cfg.eval.questions or cfg.grow.questions}")
-    return test[: cfg.eval.limit] if cfg.eval.limit else test
+    return (test[: cfg.eval.limit] if cfg.eval.limit else test), every
 
 
 def balanced_items(cfg: PBTConfig, pairs: str | None = None) -> list[dict]:
@@ -77,15 +77,12 @@ async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str]
             progress.reset(total=len(items))
             results = await run_all(items, ev.balanced, key="pair_id", on_done=lambda _: progress.update(1))
             return results, M.balanced([r for r in results if "error" not in r])
-        questions = held_out_questions(cfg)
+        questions, pool = held_out_questions(cfg)
         if suite == "are-you-sure":
             progress.reset(total=len(questions))
             results = await run_all(questions, ev.are_you_sure, on_done=lambda _: progress.update(1))
             return results, M.are_you_sure([r for r in results if "error" not in r])
         if suite == "misinformation":
-            from pbt_ray.questions import load_questions
-
-            pool = load_questions(cfg.eval.questions or cfg.grow.questions, None, "skip").questions
             progress.reset(total=len(questions))
             results = await run_all(questions, lambda q: ev.misinformation(q, wrong_answer(q, pool), list(cfg.eval.appeals)),
                                     on_done=lambda _: progress.update(1))
