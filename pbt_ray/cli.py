@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
                    help="redo this stage and every later one (debate, grow, mine, train, eval, report); finished "
                         "stages are otherwise skipped")
+    p.add_argument("--round", dest="from_round", type=int, default=1, metavar="K",
+                   help="with --from: the round whose stage is redone (rounds: N in the config); later rounds are "
+                        "moved aside and run again [1]")
 
     p = sub.add_parser("serve", help="start the debater Serve app (OpenAI API) and keep it running")
     _add_config_args(p)
@@ -211,7 +214,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from pbt_ray.loop import run
 
-        return run(cfg, args.question, from_stage=args.from_stage)
+        return run(cfg, args.question, from_stage=args.from_stage, from_round=args.from_round)
     if args.command == "debate":
         return _debate(cfg, args.question, args.url)
     if args.command == "grow":

@@ -395,6 +395,27 @@ class PBTConfig(_Strict):
     mine: MineConfig = Field(default_factory=MineConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rounds: PositiveInt = Field(
+        1, description="Rounds of the loop (`pbt run`). Round k >= 2 serves round k-1's trained model (merged) as the "
+        "debater roles in feed_roles, grows and mines new trees with it under <run dir>/round-k, trains a new adapter "
+        "from it (so its DPO reference is the previous round's model), and evaluates the result next to the earlier "
+        "rounds in the one report.",
+    )
+    feed_roles: list[Literal["persuadee", "persuader"]] = Field(
+        default_factory=lambda: ["persuadee"],
+        description="Debater roles that round k >= 2 gives to the previous round's trained model; the extractor "
+        "never changes, so every round is scored by the same model.",
+    )
+
+    @model_validator(mode="after")
+    def _rounds(self) -> "PBTConfig":
+        if self.rounds > 1 and self.grow.endpoint:
+            raise ValueError(f"rounds: {self.rounds} serves each round's trained model in the debater app, so it "
+                             f"cannot grow against an outside endpoint (grow.endpoint={self.grow.endpoint}); unset "
+                             "grow.endpoint or run one round")
+        if self.rounds > 1 and not self.feed_roles:
+            raise ValueError("rounds > 1 needs at least one role in feed_roles (persuadee, persuader)")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from pbt_ray.config import GrowConfig, PBTConfig
 from pbt_ray.dialogue.tree import Tree, to_row
@@ -70,6 +72,7 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
 
 
 LOOP_STAGES = ("debate", "grow", "mine", "train", "eval", "report")
+ROUND_STAGES = LOOP_STAGES[1:]  # later rounds hold no demo debate
 STATE_FILE = "loop_state.json"
 STATE_VERSION = 1
 
@@ -78,72 +81,158 @@ class LoopError(ValueError):
     """The run directory cannot be continued (another version's state, an unknown stage)."""
 
 
-def load_state(cfg: PBTConfig, from_stage: str | None = None) -> dict:
+def round_dir(cfg: PBTConfig, k: int) -> Path:
+    """Round 1 is the run directory itself (a one-round run looks as it always did); round k >= 2 is a
+    complete run directory of its own under it: ``<run dir>/round-k``."""
+    return cfg.run_dir if k == 1 else cfg.run_dir / f"round-{k}"
+
+
+def eval_label(k: int) -> str:
+    """What the report calls round k's trained model: ``trained`` (round 1), ``trained-round-k``."""
+    return "trained" if k == 1 else f"trained-round-{k}"
+
+
+def round_config(cfg: PBTConfig, k: int, previous_model: Path | None = None) -> PBTConfig:
+    """The config of round ``k``. Round 1 is ``cfg``. Round k >= 2 lives in :func:`round_dir`, serves
+    ``previous_model`` (round k-1's merged model) as ``pbt-trained`` in the roles of ``cfg.feed_roles``,
+    samples with a new seed, and trains its adapter from ``previous_model`` (so DPO's reference, the
+    adapter-disabled model, is the previous round's policy). The mining seed stays, so the held-out test
+    questions are the same in every round."""
+    if k == 1:
+        return cfg
+    if previous_model is None:
+        raise LoopError(f"round {k} needs round {k - 1}'s trained model")
+    from pbt_ray.serving.trained import TRAINED_ID, with_trained_model
+
+    fed = with_trained_model(cfg, previous_model)
+    serve = fed.serve.model_copy(update={"roles": {**fed.serve.roles, **{r: TRAINED_ID for r in cfg.feed_roles}}})
+    train = cfg.train.model_copy(update={"base_model": str(previous_model), "pairs": None,
+                                         "run_name": f"{cfg.train.run_name}-round-{k}"})
+    grow = cfg.grow.model_copy(update={"seed": cfg.grow.seed + k - 1})
+    return cfg.model_copy(update={"runs_dir": str(cfg.run_dir), "name": f"round-{k}", "serve": serve,
+                                  "train": train, "grow": grow})
+
+
+def load_state(run_dir: Path, from_stage: str | None = None, stages: tuple[str, ...] = LOOP_STAGES) -> dict:
     """Which stages of this run directory are finished; ``from_stage`` forgets it and every later one."""
-    path = cfg.run_dir / STATE_FILE
+    path = Path(run_dir) / STATE_FILE
     state = {"version": STATE_VERSION, "done": {}}
     if path.is_file():
         state = json.loads(path.read_text())
         if state.get("version") != STATE_VERSION:
-            raise LoopError(f"{cfg.run_dir} was written by another pbt-ray version (loop state version "
+            raise LoopError(f"{run_dir} was written by another pbt-ray version (loop state version "
                             f"{state.get('version')!r}, this one reads {STATE_VERSION}); use a new run name "
                             "(name=...) or move the directory away. Finished results stay where they are.")
     if from_stage is not None:
-        if from_stage not in LOOP_STAGES:
-            raise LoopError(f"--from {from_stage}: not a stage; stages are {', '.join(LOOP_STAGES)}")
-        for stage in LOOP_STAGES[LOOP_STAGES.index(from_stage):]:
+        if from_stage not in stages:
+            raise LoopError(f"--from {from_stage}: not a stage of this round; stages are {', '.join(stages)}")
+        for stage in stages[stages.index(from_stage):]:
             state["done"].pop(stage, None)
     return state
 
 
-def mark_done(cfg: PBTConfig, state: dict, stage: str, info: dict | None = None) -> None:
+def mark_done(run_dir: Path, state: dict, stage: str, info: dict | None = None) -> None:
     state["done"][stage] = info or {}
-    path = cfg.run_dir / STATE_FILE
+    path = Path(run_dir) / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{STATE_FILE}.tmp")
     tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
     tmp.replace(path)
 
 
-def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str | None = None) -> int:
-    """The main job: serve; a demo debate (printed); grow; mine; train; serve the trained model; evaluate
-    base and trained; report. Finished stages are skipped on a rerun (``<run dir>/loop_state.json``);
-    ``from_stage`` restarts from a stage."""
+def retire_later_rounds(cfg: PBTConfig, k: int, log=print) -> None:
+    """Redoing round k makes every later round stale: their directories are moved aside, never deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    later = sorted((int(p.name.split("-")[1]), p) for p in cfg.run_dir.glob("round-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit() and int(p.name.split("-")[1]) > k)
+    for n, path in later:
+        aside = path.with_name(f"{path.name}.stale-{stamp}")
+        path.rename(aside)
+        results = cfg.run_dir / "eval" / eval_label(n)
+        if results.is_dir():  # its evaluations leave the report with it
+            results.rename(aside / f"eval-{eval_label(n)}")
+        log(f"[pbt] round {n} came from the round being redone; moved aside to {aside}")
+
+
+def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str | None = None,
+        from_round: int = 1) -> int:
+    """The main job, ``cfg.rounds`` times. Round 1: serve; a demo debate (printed); grow; mine; train; serve
+    the trained model; evaluate base and trained; report. Round k >= 2 feeds round k-1's trained model back
+    in (:func:`round_config`) and evaluates its own trained model next to the earlier ones. Finished stages
+    are skipped on a rerun (``loop_state.json`` in each round's directory); ``from_stage`` (of round
+    ``from_round``) restarts from a stage, and every later round starts over."""
     from pbt_ray.runtime import ray_cluster
 
-    state = load_state(cfg, from_stage)
-    todo = [s for s in LOOP_STAGES if s not in state["done"]]
-    if not todo:
-        log(f"[pbt] every stage of {cfg.run_dir} is done; `pbt run --from STAGE` redoes one "
+    if not 1 <= from_round <= cfg.rounds:
+        raise LoopError(f"--round {from_round}: this config runs rounds 1..{cfg.rounds} (rounds={cfg.rounds})")
+    if from_stage is not None:
+        retire_later_rounds(cfg, from_round, log)
+    states = {k: load_state(round_dir(cfg, k), from_stage if k == from_round else None, _stages(k))
+              for k in range(1, cfg.rounds + 1)}
+    todo = {k: [s for s in _stages(k) if s not in states[k]["done"]] for k in states}
+    if not any(todo.values()):
+        log(f"[pbt] every stage of {cfg.run_dir} is done; `pbt run --from STAGE [--round K]` redoes one "
             f"({', '.join(LOOP_STAGES)})")
         return 0
-    skipped = [s for s in LOOP_STAGES if s in state["done"]]
-    if skipped:
-        log(f"[pbt] already done, skipped: {', '.join(skipped)}")
     ok = True
     with ray_cluster(cfg, log=log):
-        if set(todo) & {"debate", "grow", "eval"}:
-            with debater_endpoint(cfg, log=log) as url:
-                ok = _serve_stages(cfg, state, url, question, log)
-        if "report" in todo:
-            from pbt_ray.evaluation.report import ReportError, write_report
-
-            try:
-                write_report(cfg.run_dir, log=log)
-                mark_done(cfg, state, "report")
-            except ReportError as exc:
-                log(f"[pbt] report skipped: {exc}")
+        for k in range(1, cfg.rounds + 1):
+            if not todo[k]:
+                continue
+            if cfg.rounds > 1:
+                log(f"\n[pbt] ===== round {k} of {cfg.rounds} ({round_dir(cfg, k)}) =====")
+            skipped = [s for s in _stages(k) if s in states[k]["done"]]
+            if skipped:
+                log(f"[pbt] already done, skipped: {', '.join(skipped)}")
+            previous = None
+            if k > 1:
+                previous = trained_model(round_dir(cfg, k - 1), log)
+                if previous is None:
+                    log(f"[pbt] round {k} not run: round {k - 1} trained no model "
+                        f"({states[k - 1]['done'].get('train', {}).get('skipped', 'see its train stage')}); "
+                        "the rounds stop here")
+                    break
+            ok = _round(cfg, k, round_config(cfg, k, previous), states[k], todo[k], question, log) and ok
     return 0 if ok else 1
 
 
-def _serve_stages(cfg: PBTConfig, state: dict, url: str, question: str | None, log) -> bool:
+def _stages(k: int) -> tuple[str, ...]:
+    return LOOP_STAGES if k == 1 else ROUND_STAGES
+
+
+def trained_model(run_dir: Path, log=print) -> Path | None:
+    """The merged model of a round's adapter (merged once), or None if the round trained none."""
+    from pbt_ray.serving.trained import merged_model
+
+    if not (Path(run_dir) / "adapter" / "adapter_config.json").is_file():
+        return None
+    return merged_model(run_dir, log=log)
+
+
+def _round(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, todo: list[str], question: str | None, log) -> bool:
+    ok = True
+    if set(todo) & {"debate", "grow", "eval"}:
+        with debater_endpoint(cfg, log=log) as url:
+            ok = _serve_stages(top, k, cfg, state, url, question, log)
+    if "report" in todo:
+        from pbt_ray.evaluation.report import ReportError, write_report
+
+        try:
+            write_report(top.run_dir, log=log)  # every round's evaluations, side by side
+            mark_done(cfg.run_dir, state, "report")
+        except ReportError as exc:
+            log(f"[pbt] report skipped: {exc}")
+    return ok
+
+
+def _serve_stages(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, question: str | None, log) -> bool:
     from pbt_ray.dialogue.pipeline import grow_trees
     from pbt_ray.dialogue.view import render_text
     from pbt_ray.preferences.mining import mine
 
     ok = True
     done = state["done"]
-    if "debate" not in done:
+    if k == 1 and "debate" not in done:
         tree = debate(cfg, url, question)
         log("\n" + render_text(tree, color=sys.stdout.isatty()))
         out = cfg.run_dir / "debate.json"
@@ -151,21 +240,21 @@ def _serve_stages(cfg: PBTConfig, state: dict, url: str, question: str | None, l
         out.write_text(json.dumps(to_row(tree), indent=2) + "\n")
         log(f"[pbt] debate written to {out}\n")
         ok = tree.status == "complete"
-        mark_done(cfg, state, "debate")
+        mark_done(cfg.run_dir, state, "debate")
     if "grow" not in done:
         summary = grow_trees(cfg, url, log=log)
         log(format_grow_summary(summary, cfg))
         ok = ok and summary.failed == 0
         if summary.failed == 0:
-            mark_done(cfg, state, "grow", {"trees": summary.grown + summary.already_done})
+            mark_done(cfg.run_dir, state, "grow", {"trees": summary.grown + summary.already_done})
     if "mine" not in done:
-        # Mining reads the run's trees (this run's and earlier ones); the pairs go to <run dir>/preferences.
+        # Mining reads the round's trees (<round dir>/trees); the pairs go to <round dir>/preferences.
         stats = mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), log=log)
-        mark_done(cfg, state, "mine", {"selected": stats["selected"]})
+        mark_done(cfg.run_dir, state, "mine", {"selected": stats["selected"]})
     if "train" not in done:
         _train_stage(cfg, state, log)
     if "eval" not in done:
-        _eval_stage(cfg, state, url, log)
+        _eval_stage(top, k, cfg, state, url, log)
     return ok
 
 
@@ -177,37 +266,41 @@ def _train_stage(cfg: PBTConfig, state: dict, log) -> None:
         plan = prepare(cfg, str(cfg.run_dir / "preferences"), log=log)
     except TrainDataError as exc:  # e.g. the embedded model's trees gave no trainable pairs
         log(f"[pbt] train skipped: {exc}")
-        mark_done(cfg, state, "train", {"skipped": str(exc)})
+        mark_done(cfg.run_dir, state, "train", {"skipped": str(exc)})
         return
     metrics = train(cfg, str(cfg.run_dir / "preferences"), log=log, plan=plan)
-    mark_done(cfg, state, "train", {"adapter": metrics.get("adapter"), "global_step": metrics.get("global_step")})
+    mark_done(cfg.run_dir, state, "train", {"adapter": metrics.get("adapter"), "global_step": metrics.get("global_step")})
 
 
-def _eval_stage(cfg: PBTConfig, state: dict, url: str, log) -> None:
-    """The configured suites on the base model (the app's persuadee) and, if training produced one, on the
-    trained model served from its own app next to the debaters."""
+def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, log) -> None:
+    """Round 1: the configured suites on the base model (the app's persuadee) and on the trained model;
+    round k >= 2: on its trained model only (the earlier rounds' results are its baseline). Every round
+    evaluates on round 1's held-out items and writes under the run directory's ``eval/<label>``, so the
+    report compares base and every round on the same items."""
     from pbt_ray.evaluation.stage import EvalError, evaluate
+    from pbt_ray.serving.trained import TRAINED_ROLE
 
-    def run_suites(label: str, endpoint: str, model: str | None) -> None:
+    def run_suites(label: str, endpoint: str, model: str | None, serve) -> None:
         # The evaluated model answers the single-model suites; in the team debate it is the weaker partner
-        # (the persuadee's seat) next to the unchanged persuader.
-        ecfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"model": model, "weak": model})})
-        for suite in cfg.eval.suites:
+        # (the persuadee's seat) next to the persuader.
+        ecfg = top.model_copy(update={"serve": serve,
+                                      "eval": top.eval.model_copy(update={"model": model, "weak": model})})
+        for suite in top.eval.suites:
             try:
                 evaluate(ecfg, suite, endpoint, label=label, log=log)
             except EvalError as exc:
                 log(f"[pbt] eval {suite} ({label}) skipped: {exc}")
 
-    run_suites("base", url, None)
-    adapter = cfg.run_dir / "adapter"
-    if (adapter / "adapter_config.json").is_file():
-        with trained_endpoint(cfg, log) as trained_url:
-            run_suites("trained", trained_url, "trained")
-    mark_done(cfg, state, "eval")
+    if k == 1:
+        run_suites("base", url, None, cfg.serve)
+    if (cfg.run_dir / "adapter" / "adapter_config.json").is_file():
+        with trained_endpoint(cfg, log) as (trained_url, tcfg):
+            run_suites(eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve)
+    mark_done(cfg.run_dir, state, "eval")
 
 
 @contextlib.contextmanager
-def trained_endpoint(cfg: PBTConfig, log=print) -> Iterator[str]:
+def trained_endpoint(cfg: PBTConfig, log=print) -> Iterator[tuple[str, PBTConfig]]:
     """The debater app updated in place with the run's trained model added (role ``trained``): the
     debaters' deployments keep running, and the same extractor scores base and trained answers."""
     from pbt_ray.serving.app import deploy, wait_ready
@@ -215,7 +308,7 @@ def trained_endpoint(cfg: PBTConfig, log=print) -> Iterator[str]:
 
     tcfg = with_trained_model(cfg, merged_model(cfg.run_dir, log=log))
     deploy(tcfg, log=log)
-    yield wait_ready(tcfg, log=log)
+    yield wait_ready(tcfg, log=log), tcfg
 
 
 def format_grow_summary(summary, cfg: PBTConfig) -> str:

@@ -129,7 +129,8 @@ def write_report(run_dir: str | Path, log=print) -> dict[str, Any]:
     results = collect(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    summary = {label: {suite: {"model": r.get("model"), "extractor": r.get("extractor"), "items": r.get("items"),
+    summary = {label: {suite: {"model": r.get("served", {}).get("model", r.get("model")),
+                               "extractor": r.get("served", {}).get("extractor", r.get("extractor")), "items": r.get("items"),
                                "failed": r.get("failed"), "metrics": r.get("metrics")}
                        for suite, r in sorted(suites.items(), key=lambda kv: SUITE_ORDER.index(kv[0]) if kv[0] in SUITE_ORDER else 9)}
                for label, suites in results.items()}

@@ -128,7 +128,10 @@ def evaluate(cfg: PBTConfig, suite: str, endpoint: str, *, pairs: str | None = N
     with tqdm(desc=f"eval {suite}", unit="item", disable=not show_progress) as bar:
         results, numbers = asyncio.run(_run(cfg, suite, endpoint, models, pairs, bar))
     errors = [r for r in results if "error" in r]
+    # What the requests named (a role alias on our app) and which served model that is, for the report.
+    served = {k: (cfg.serve.roles.get(v, v) if endpoint_is_ours else v) for k, v in models.items()}
     summary = {"suite": suite, "label": label, "endpoint": endpoint, "model": models["model"], "extractor": models["extractor"],
+               "served": served,
                **({"strong": models["strong"], "weak": models["weak"]} if suite == "team" else {}),
                "items": len(results), "failed": len(errors), "metrics": numbers}
     _atomic_write(out_dir / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in results))
@@ -155,6 +158,12 @@ def format_metrics(summary: dict[str, Any]) -> str:
             return "{" + ", ".join(f"{k}: {fmt(x)}" for k, x in v.items()) + "}"
         return str(v)
 
+    served = summary.get("served", {})
+
+    def named(key: str) -> str:
+        name, model = summary[key], served.get(key, summary[key])
+        return name if model == name else f"{name} ({model})"
+
     head = (f"[pbt] eval {summary['suite']}: {summary['items']} items ({summary['failed']} failed), model "
-            f"{summary['model']}, answers extracted by {summary['extractor']}")
+            f"{named('model')}, answers extracted by {named('extractor')}")
     return "\n".join([head] + [f"  {k:<26} {fmt(v)}" for k, v in summary["metrics"].items()])

@@ -1,4 +1,6 @@
-"""The README's main job, as a user runs it: `pbt run` prints a debate held through the real Serve app."""
+"""The README's main job, as a user runs it: `pbt run` prints a debate held through the real Serve app, grows,
+mines, trains (or says why not), evaluates and reports; a rerun skips what is done; a second round feeds round 1's
+trained model back in."""
 
 import json
 import os
@@ -7,6 +9,7 @@ import sys
 
 import pytest
 
+from pbt_ray import loop
 from pbt_ray.dialogue.pipeline import read_trees
 
 from .conftest import free_port
@@ -14,6 +17,8 @@ from .conftest import free_port
 pytestmark = pytest.mark.integration
 # Two trivia trees and balanced mining: training is skipped with its reason (tests/integration/test_train.py and
 # test_trained_serve.py cover training and the trained endpoint), which keeps this test to a few minutes.
+# Round 2: three short commonsense trees (depth 2: an answer, a persuasion, two replies) mined without balancing.
+ROUND_2 = ["rounds=2", "grow.questions=bundled:commonsense", "grow.limit=3", "grow.depth=2", "mine.balance=none"]
 SMALL = ["grow.limit=2", "grow.questions=bundled:trivia", "mine.balance=balanced", "eval.limit=1",
          "eval.suites=[are-you-sure,team]", "debate.turns=2"]
 
@@ -53,11 +58,57 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
         assert json.loads((run / "eval" / "base" / suite / "metrics.json").read_text())["items"] >= 1
     assert "data:image/png;base64," in (run / "report" / "report.html").read_text()
 
-    # A rerun skips every finished stage (no cluster, no app); --from redoes the report only.
+    # A rerun skips every finished stage (no cluster, no app).
     again = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL],
                            capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and "every stage of" in again.stdout and "starting an in-process" not in again.stdout
-    redo = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL,
-                           "--from", "report"], capture_output=True, text=True, timeout=300, env=env)
-    assert redo.returncode == 0 and "already done, skipped: debate, grow, mine, train, eval" in redo.stdout
-    assert "[pbt] report:" in redo.stdout and "debater app ready" not in redo.stdout
+
+    # Then a second round, from round 1's evaluations on: round 1's trained model (planted here, since two trees
+    # rarely give a pair) is evaluated next to the base, then fed back in as round 2's persuadee.
+    plant_adapter(run)
+    second = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL,
+                             *ROUND_2, f"serve.port={free_port()}", "--from", "eval"],
+                            capture_output=True, text=True, timeout=900, env=env)
+    out = second.stdout
+    assert second.returncode == 0, out[-3000:] + second.stderr[-3000:]
+    assert "round 1 of 2" in out and "already done, skipped: debate, grow, mine, train" in out
+    assert "round 2 of 2" in out
+    assert (run / "merged" / "config.json").is_file()  # round 1's adapter, merged once to be served
+    # Round 1 evaluated the base and its trained model, each answered by its own deployment, scored by one extractor.
+    for label, model in (("base", "smollm2-135m-instruct"), ("trained", "pbt-trained")):
+        metrics = json.loads((run / "eval" / label / "team" / "metrics.json").read_text())
+        assert metrics["items"] >= 1 and metrics["served"]["model"] == model
+        assert metrics["served"]["extractor"] == "smollm2-135m-instruct"
+    round_two = run / "round-2"
+    trees = list(read_trees(round_two))
+    assert len(trees) == 3
+    for tree in trees:
+        assert tree.models[tree.roles["persuadee"]] == "pbt-trained"  # round 1's model answered as the persuadee
+        assert tree.models[tree.roles["persuader"]] == tree.models["extractor"] == "smollm2-135m-instruct"
+    state = json.loads((round_two / "loop_state.json").read_text())
+    assert list(state["done"]) == list(loop.ROUND_STAGES)
+    assert (round_two / "preferences" / "mine_stats.json").is_file()
+    trained = "adapter" in state["done"]["train"]
+    if trained:  # its trees gave pairs: DPO from round 1's model, then evaluated next to base and round 1
+        assert (round_two / "adapter" / "pbt_base_model.txt").read_text().strip() == str(run / "merged")
+    else:
+        assert "train skipped:" in out.split("round 2 of 2")[1]
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert list(report) == ["base", "trained"] + (["trained-round-2"] if trained else [])
+
+
+def plant_adapter(run):
+    """What a round 1 that trained leaves: an adapter (small random LoRA weights, so the merged model differs
+    from its base but still answers) recording its base model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pbt_ray.training.data import resolve_model_path
+
+    base = resolve_model_path("embedded")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=8, lora_alpha=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(run / "adapter")
+    (run / "adapter" / "pbt_base_model.txt").write_text(base + "\n")
