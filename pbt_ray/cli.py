@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--questions", type=int, default=16, help="trees grown by (a), (b) and the pipelines [16]")
     b.add_argument("--reference-questions", type=int, default=2, help="trees grown one request at a time by (c) [2]")
     b.add_argument("--no-pipelines", action="store_true", help="skip the `pbt grow` runs with 1 and 2 growers")
+    b.add_argument("--reference-engine-requests", type=int, default=6,
+                   help="(r): requests of (c) replayed through HF generate without KV cache, as the reference runs "
+                        "them (0: skip) [6]")
     b.add_argument("--output", help="also write the results as JSON to this file")
     b = bench.add_parser("train", help="DPO steps/s and tokens/s under Ray Train vs. the same run under torchrun")
     _add_config_args(b)
@@ -470,7 +473,8 @@ def _bench(cfg, args) -> int:
     if args.bench == "grow":
         from pbt_ray.dialogue.bench import run_grow_bench, write_result
 
-        result = run_grow_bench(cfg, args.questions, args.reference_questions, pipelines=not args.no_pipelines)
+        result = run_grow_bench(cfg, args.questions, args.reference_questions, pipelines=not args.no_pipelines,
+                                reference_engine_requests=args.reference_engine_requests)
         if args.output:
             write_result(result, args.output)
         return 0

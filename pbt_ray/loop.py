@@ -166,6 +166,7 @@ def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str 
     if not 1 <= from_round <= cfg.rounds:
         raise LoopError(f"--round {from_round}: this config runs rounds 1..{cfg.rounds} (rounds={cfg.rounds})")
     if from_stage is not None:
+        load_state(round_dir(cfg, from_round), from_stage, _stages(from_round))  # a bad --from moves nothing
         retire_later_rounds(cfg, from_round, log)
     states = {k: load_state(round_dir(cfg, k), from_stage if k == from_round else None, _stages(k))
               for k in range(1, cfg.rounds + 1)}

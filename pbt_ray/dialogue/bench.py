@@ -15,6 +15,9 @@ On one Serve app and one question set:
     questions; its rates (trees/s, turns/s, tokens/s) do not depend on how many trees it grows.
 (c+) the same with vLLM's prefix cache on: sequential growth with today's engine, a stronger baseline
     than the reference itself, reported next to (c).
+(r) the reference's own engine, for scale: a sample of (c)'s requests through HF transformers ``generate``
+    with ``use_cache=False``, greedy, one at a time, each generating the tokens it generated in (c). Not
+    through Serve (the reference has no server), so it is reported beside the ratios, not in them.
 
 Then the Ray Data pipeline (`pbt grow`) on the same questions with 1 and with 2 growers.
 """
@@ -119,7 +122,36 @@ async def _flat(url: str, cfg: PBTConfig, requests: list, in_flight: int) -> tup
     return sum(produced), time.perf_counter() - start
 
 
-def run_grow_bench(cfg: PBTConfig, questions_n: int, reference_questions: int, pipelines: bool = True, log=print) -> dict:
+def _reference_engine(cfg: PBTConfig, requests: list, n: int) -> Rate:
+    """(r): ``n`` of ``requests`` spread over the list (turns and extractions of every depth), replayed through
+    transformers ``generate`` without KV cache, as the reference calls it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pbt_ray.training.data import resolve_model_path
+
+    spec = {m.id: m for m in cfg.serve.models}[cfg.serve.roles["persuadee"]]
+    path = resolve_model_path(spec.source)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    sample = requests[:: max(1, len(requests) // n)][:n]
+    tokens = prompt = 0
+    start = time.perf_counter()
+    for _model, messages, _temperature, _seed, _extra, _prompt_tokens, generated in sample:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
+                                            return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=False,
+                                 max_new_tokens=max(generated, 1), min_new_tokens=max(generated, 1),
+                                 pad_token_id=tokenizer.eos_token_id)
+        tokens += out.shape[1] - ids.shape[1]
+        prompt += ids.shape[1]
+    return Rate(f"(r) HF generate, no KV cache ({len(sample)} req)", 0, len(sample), tokens,
+                time.perf_counter() - start, prompt)
+
+
+def run_grow_bench(cfg: PBTConfig, questions_n: int, reference_questions: int, pipelines: bool = True,
+                   reference_engine_requests: int = 6, log=print) -> dict:
     from pbt_ray.dialogue.pipeline import grow_trees
     from pbt_ray.loop import debater_endpoint
     from pbt_ray.runtime import ray_cluster
@@ -139,15 +171,21 @@ def run_grow_bench(cfg: PBTConfig, questions_n: int, reference_questions: int, p
         flat = Rate("(b) ceiling: flat batch, same budget", len(trees), turns, flat_tokens, flat_s, ours.prompt_tokens)
         log(flat.row())
         subset = questions[:reference_questions]
-        sequential = []
+        sequential, sequential_requests = [], []
         for name, uncached in (("(c) reference-style: 1 in flight, no KV reuse", True),
                                ("(c+) 1 in flight, prefix cache on", False)):
             log(f"[bench] {name.split(':')[0]} on {len(subset)} trees, one request in flight ...")
             ref_trees, ref_s, ref_requests = asyncio.run(_grow(url, cfg, subset, 1, True, True, uncached=uncached))
             sequential.append(Rate(name, len(ref_trees), sum(len(t.nodes) for t in ref_trees),
                                    sum(r[-1] for r in ref_requests), ref_s, sum(r[-2] for r in ref_requests)))
+            sequential_requests.append(ref_requests)
             log(sequential[-1].row())
         ref, cached_ref = sequential
+        engine_rows = []
+        if reference_engine_requests:
+            log(f"[bench] (r) {reference_engine_requests} of (c)'s requests through HF generate without KV cache ...")
+            engine_rows.append(_reference_engine(cfg, sequential_requests[0], reference_engine_requests))
+            log(engine_rows[-1].row())
         pools = []
         for growers in ((1, 2) if pipelines else ()):
             with tempfile.TemporaryDirectory(prefix="pbt-bench-grow-") as tmp:
@@ -160,7 +198,7 @@ def run_grow_bench(cfg: PBTConfig, questions_n: int, reference_questions: int, p
                 s = grow_trees(run_cfg, url, log=lambda _m: None, progress=False)
                 pools.append(Rate(f"pbt grow (Ray Data), {growers} grower(s)", s.grown, s.turns, s.generated_tokens, s.seconds))
                 log(pools[-1].row())
-    rates = [ours, flat, ref, cached_ref, *pools]
+    rates = [ours, flat, ref, cached_ref, *engine_rows, *pools]
     header = f"{'':<38} {'trees':>5} {'trees/s':>8} {'turns/s':>8} {'tokens/s':>9} {'prompt/s':>10} {'seconds':>8}"
     a_b = ours.per_s(ours.tokens) / flat.per_s(flat.tokens) if flat.seconds else 0.0
     a_c = ours.per_s(ours.tokens) / ref.per_s(ref.tokens) if ref.seconds else 0.0
@@ -174,9 +212,13 @@ def run_grow_bench(cfg: PBTConfig, questions_n: int, reference_questions: int, p
         f"a/c (tokens/s, ours vs reference-style) = {a_c:.1f}   (target >= 10)",
         f"a/c+ (ours vs 1 in flight, prefix cache) = {a_cplus:.1f}",
         f"b/c (the most a/c could be here)        = {flat.per_s(flat.tokens) / ref.per_s(ref.tokens) if ref.seconds else 0.0:.1f}",
+        *([f"a/r (ours vs the reference's engine)    = {ours.per_s(ours.tokens) / engine_rows[0].per_s(engine_rows[0].tokens):.0f}"]
+          if engine_rows and engine_rows[0].tokens else []),
         *([f"2 growers / 1 grower (tokens/s)         = {two_one:.2f}"] if pools else []),
     ]))
     return {"rates": [asdict(r) for r in rates], "a_over_b": a_b, "a_over_c": a_c, "a_over_c_plus": a_cplus,
+            "a_over_r": (ours.per_s(ours.tokens) / engine_rows[0].per_s(engine_rows[0].tokens)
+                         if engine_rows and engine_rows[0].tokens else None),
             "two_over_one_growers": two_one,
             "questions": questions_n, "reference_questions": len(subset), "max_in_flight": in_flight}
 

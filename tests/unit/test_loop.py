@@ -87,6 +87,11 @@ def test_redoing_a_round_moves_later_rounds_aside(tmp_path):
 def test_run_checks_the_round_before_starting_anything(tmp_path):
     with pytest.raises(loop.LoopError, match="runs rounds 1..2"):
         loop.run(cfg_in(tmp_path, "rounds=2"), from_stage="grow", from_round=3)
+    cfg = cfg_in(tmp_path, "rounds=3")
+    (cfg.run_dir / "round-3").mkdir(parents=True)
+    with pytest.raises(loop.LoopError, match="not a stage of this round"):
+        loop.run(cfg, from_stage="debate", from_round=2)
+    assert (cfg.run_dir / "round-3").is_dir()  # a bad --from moved nothing aside
 
 
 def test_a_finished_run_starts_nothing(tmp_path):
