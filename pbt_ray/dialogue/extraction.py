@@ -62,10 +62,18 @@ def extraction_messages(question: str, reply: str, choices: dict[str, str] | Non
 _ANSWER_CLAUSE = re.compile(r"^(?:.*?\b)?(?:the\s+)?(?:correct\s+|final\s+)?answer(?:\s+to\s+[^,]*?)?\s+is\s*:?\s+(?!not\b)(.+)$", re.I)
 
 
+# "(No,) the answer is not X" names what the answer is not: no answer at all. SmolLM2-135M writes it even for
+# "The capital of France is Paris."; kept as an answer string it would also count as agreement between two
+# turns that both got it.
+_NEGATED_CLAUSE = re.compile(r"\banswer(?:\s+to\s+[^,]*?)?\s+is\s*:?\s+not\b", re.I)
+
+
 def parse(continuation: str) -> tuple[str | None, str]:
     """(raw answer, outcome) from the model's continuation of the prefilled ``Final Answer:``."""
     raw, outcome = parse_extraction(PREFILL + " " + continuation.strip())
     if outcome == "answer" and raw is not None:
+        if _NEGATED_CLAUSE.search(raw):
+            return None, "none"
         clause = _ANSWER_CLAUSE.match(raw)
         if clause:
             raw = clause.group(1).strip(" .\"'")
