@@ -8,6 +8,7 @@ process on the machine) and bind it to loopback. Inside `ray job submit` (RAY_AD
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sys
@@ -88,6 +89,24 @@ def quiet_driver_logs(verbose: bool = False) -> None:
             logger.setLevel(logging.WARNING)
 
 
+def local_logical_cpus(cfg: PBTConfig) -> int:
+    """Logical CPUs of an in-process cluster: the loop's peak, not the machine's cores.
+
+    The peak is the debater app (a CPU engine replica holds 2: its Serve actor and its engine bundle), a
+    trained model served next to it (round k >= 2 trains while round k-1's model is served; every round's
+    evaluation serves its own), the ingress, and the largest of the Train workers and the growers, which
+    run while the app is up. The engines' threads do the real work, so oversubscribing a 2-core machine is
+    safe, where too few logical CPUs would leave actors pending.
+    """
+    from pbt_ray.serving.app import replica_bundles
+
+    app = sum(b.get("CPU", 0.0) for b in replica_bundles(cfg))
+    template = cfg.serve.models[0]
+    trained = 1.0 + (template.cpus_per_replica if template.accelerator == "cpu" else 0.0)
+    stage = max(cfg.train.num_workers * cfg.train.cpus_per_worker, cfg.grow.max_growers * cfg.grow.cpus_per_grower, 1.0)
+    return max(6, math.ceil(app + trained + 1.0 + stage))
+
+
 @contextlib.contextmanager
 def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
     """Join the configured cluster, or run an in-process one for the duration of the block."""
@@ -117,11 +136,7 @@ def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = False
     # Unix socket paths are limited to 107 bytes, so keep the temp dir short (not under a deep $TMPDIR).
     temp_dir = tempfile.mkdtemp(prefix="pbt-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    # Logical CPUs, not cores: one CPU engine replica holds 2 (its Serve actor and its engine bundle); a trained
-    # model served next to the debaters holds 2 more (`pbt serve --trained`), and the
-    # ingress and later Data/Train stages want their own; the engine's threads do the real work, so
-    # oversubscribing a 2-core machine is safe where too few logical CPUs would leave actors pending.
-    num_cpus = cfg.ray.num_cpus or max(6, os.cpu_count() or 1)
+    num_cpus = cfg.ray.num_cpus or max(local_logical_cpus(cfg), os.cpu_count() or 1)
     quiet_driver_logs(cfg.ray.log_to_driver)
     log(f"[pbt] starting an in-process Ray cluster ({num_cpus} logical CPUs, logs in {temp_dir})")
     ray.init(

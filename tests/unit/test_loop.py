@@ -104,3 +104,12 @@ def test_a_finished_run_starts_nothing(tmp_path):
     logged = []
     assert loop.run(cfg, log=logged.append) == 0  # no Ray: it would fail to start without a cluster spec here
     assert "every stage of" in logged[0]
+
+
+def test_in_process_cluster_holds_the_loops_peak():
+    """Round k >= 2 trains while round k-1's model is served: base engine (2) + trained engine (2) + ingress (1)
+    + 2 Train workers (1 each) must all fit at once (a 6-CPU cluster left one Train worker pending)."""
+    from pbt_ray.runtime import local_logical_cpus
+
+    assert local_logical_cpus(load_config("local")) == 7
+    assert local_logical_cpus(load_config("local", ["train.num_workers=4"])) == 9
