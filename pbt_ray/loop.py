@@ -106,7 +106,7 @@ def round_config(cfg: PBTConfig, k: int, previous_model: Path | None = None) -> 
 
     fed = with_trained_model(cfg, previous_model)
     serve = fed.serve.model_copy(update={"roles": {**fed.serve.roles, **{r: TRAINED_ID for r in cfg.feed_roles}}})
-    train = cfg.train.model_copy(update={"base_model": str(previous_model), "pairs": None,
+    train = cfg.train.model_copy(update={"base_model": str(Path(previous_model).resolve()), "pairs": None,
                                          "run_name": f"{cfg.train.run_name}-round-{k}"})
     grow = cfg.grow.model_copy(update={"seed": cfg.grow.seed + k - 1})
     return cfg.model_copy(update={"runs_dir": str(cfg.run_dir), "name": f"round-{k}", "serve": serve,

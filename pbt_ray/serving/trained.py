@@ -71,7 +71,8 @@ def with_trained_model(cfg: PBTConfig, merged: Path, model_id: str = TRAINED_ID)
     """The config with the merged trained model added to the app (engine settings copied from the first
     model) and the role ``trained`` pointing at it."""
     template = cfg.serve.models[0]
-    trained = ServedModelConfig(**{**template.model_dump(), "id": model_id, "source": str(merged),
+    # Absolute: the replicas do not run in the driver's working directory on a real cluster.
+    trained = ServedModelConfig(**{**template.model_dump(), "id": model_id, "source": str(Path(merged).resolve()),
                                    "min_replicas": 1, "max_replicas": max(1, template.max_replicas)})
     models = [m for m in cfg.serve.models if m.id != model_id] + [trained]
     serve = cfg.serve.model_copy(update={"models": models, "roles": {**cfg.serve.roles, TRAINED_ROLE: model_id}})

@@ -82,6 +82,9 @@ def resolve_model_path(base_model: str) -> str:
         from pbt_ray.models import prepare_embedded_model
 
         return str(prepare_embedded_model())
+    local = Path(base_model).expanduser()
+    if local.is_dir():  # workers do not share the driver's working directory: an absolute path
+        return str(local.resolve())
     return base_model
 
 

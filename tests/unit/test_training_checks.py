@@ -150,3 +150,12 @@ def test_pairs_files_travel_to_workers_as_bytes(tmp_path):
 def test_train_check_tells_busy_from_too_small():
     with pytest.raises(TrainError, match="only 1 fit in what is free now.*held by other work"):
         check_resources(TrainConfig(num_workers=2), [{"CPU": 1.0}], busy=True)
+
+
+def test_a_local_model_directory_is_passed_to_workers_as_an_absolute_path(tmp_path, monkeypatch):
+    from pbt_ray.training.data import resolve_model_path
+
+    (tmp_path / "runs" / "local" / "merged").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("runs/local/merged") == str(tmp_path / "runs" / "local" / "merged")
+    assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
