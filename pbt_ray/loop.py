@@ -73,6 +73,7 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
 
 LOOP_STAGES = ("debate", "grow", "mine", "train", "eval", "report")
 ROUND_STAGES = LOOP_STAGES[1:]  # later rounds hold no demo debate
+FEEDS_LATER_ROUNDS = ("debate", "grow", "mine", "train")  # redoing one of these makes later rounds stale
 STATE_FILE = "loop_state.json"
 STATE_VERSION = 1
 
@@ -160,14 +161,16 @@ def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str 
     the trained model; evaluate base and trained; report. Round k >= 2 feeds round k-1's trained model back
     in (:func:`round_config`) and evaluates its own trained model next to the earlier ones. Finished stages
     are skipped on a rerun (``loop_state.json`` in each round's directory); ``from_stage`` (of round
-    ``from_round``) restarts from a stage, and every later round starts over."""
+    ``from_round``) restarts from a stage, and if that changes the round's model, every later round starts
+    over."""
     from pbt_ray.runtime import ray_cluster
 
     if not 1 <= from_round <= cfg.rounds:
         raise LoopError(f"--round {from_round}: this config runs rounds 1..{cfg.rounds} (rounds={cfg.rounds})")
     if from_stage is not None:
         load_state(round_dir(cfg, from_round), from_stage, _stages(from_round))  # a bad --from moves nothing
-        retire_later_rounds(cfg, from_round, log)
+        if from_stage in FEEDS_LATER_ROUNDS:  # a new model for the next round; eval and report change none
+            retire_later_rounds(cfg, from_round, log)
     states = {k: load_state(round_dir(cfg, k), from_stage if k == from_round else None, _stages(k))
               for k in range(1, cfg.rounds + 1)}
     todo = {k: [s for s in _stages(k) if s not in states[k]["done"]] for k in states}

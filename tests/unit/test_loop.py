@@ -94,6 +94,29 @@ def test_run_checks_the_round_before_starting_anything(tmp_path):
     assert (cfg.run_dir / "round-3").is_dir()  # a bad --from moved nothing aside
 
 
+def test_redoing_an_evaluation_keeps_later_rounds(tmp_path, monkeypatch):
+    """Only debate..train give the next round its model: `--from report --round 2` leaves round 3 alone."""
+    import contextlib
+
+    import pbt_ray.runtime
+
+    cfg = cfg_in(tmp_path, "rounds=3")
+    for k in (1, 2, 3):
+        state = loop.load_state(loop.round_dir(cfg, k))
+        for stage in loop._stages(k):
+            loop.mark_done(loop.round_dir(cfg, k), state, stage)
+    metrics = cfg.run_dir / "eval" / "base" / "team" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"items": 1, "metrics": {"team_accuracy": 0.5}}))
+    monkeypatch.setattr(pbt_ray.runtime, "ray_cluster", lambda cfg, log=print: contextlib.nullcontext())
+    monkeypatch.setattr(loop, "trained_model", lambda run_dir, log=print: run_dir / "merged")  # no merging here
+    logged = []
+    assert loop.run(cfg, log=logged.append, from_stage="report", from_round=2) == 0
+    assert (cfg.run_dir / "round-3").is_dir() and not list(cfg.run_dir.glob("round-3.stale-*"))
+    assert (cfg.run_dir / "report" / "report.json").is_file()
+    assert any("already done, skipped: grow, mine, train, eval" in line for line in logged)
+
+
 def test_a_finished_run_starts_nothing(tmp_path):
     cfg = cfg_in(tmp_path, "rounds=2")
     for k in (1, 2):
