@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,8 +75,6 @@ class UncachedClient:
         self.client = client
 
     async def chat(self, model, messages, *, temperature, max_tokens, seed=None, extra=None) -> ChatResult:
-        import uuid
-
         return await self.client.chat(model, messages, temperature=temperature, max_tokens=max_tokens, seed=seed,
                                       extra={**(extra or {}), "cache_salt": uuid.uuid4().hex})
 
