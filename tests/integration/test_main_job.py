@@ -63,22 +63,16 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
                            capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and "every stage of" in again.stdout and "starting an in-process" not in again.stdout
 
-    # Then a second round, from round 1's evaluations on: round 1's trained model (planted here, since two trees
-    # rarely give a pair) is evaluated next to the base, then fed back in as round 2's persuadee.
+    # Then a second round: round 1's trained model (planted here, since two trees rarely give a pair) is fed
+    # back in as round 2's persuadee. Round 1 stays as it is (its own evaluations ran above).
     plant_adapter(run)
     second = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL,
-                             *ROUND_2, f"serve.port={free_port()}", "--from", "eval"],
+                             *ROUND_2, f"serve.port={free_port()}"],
                             capture_output=True, text=True, timeout=900, env=env)
     out = second.stdout
     assert second.returncode == 0, out[-3000:] + second.stderr[-3000:]
-    assert "round 1 of 2" in out and "already done, skipped: debate, grow, mine, train" in out
-    assert "round 2 of 2" in out
+    assert "round 1 of 2" not in out and "round 2 of 2" in out  # round 1 is done: skipped without a word
     assert (run / "merged" / "config.json").is_file()  # round 1's adapter, merged once to be served
-    # Round 1 evaluated the base and its trained model, each answered by its own deployment, scored by one extractor.
-    for label, model in (("base", "smollm2-135m-instruct"), ("trained", "pbt-trained")):
-        metrics = json.loads((run / "eval" / label / "team" / "metrics.json").read_text())
-        assert metrics["items"] >= 1 and metrics["served"]["model"] == model
-        assert metrics["served"]["extractor"] == "smollm2-135m-instruct"
     round_two = run / "round-2"
     trees = list(read_trees(round_two))
     assert len(trees) == 3
@@ -89,12 +83,16 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     assert list(state["done"]) == list(loop.ROUND_STAGES)
     assert (round_two / "preferences" / "mine_stats.json").is_file()
     trained = "adapter" in state["done"]["train"]
-    if trained:  # its trees gave pairs: DPO from round 1's model, then evaluated next to base and round 1
+    if trained:  # its trees gave pairs: DPO from round 1's model, then evaluated next to base
         assert (round_two / "adapter" / "pbt_base_model.txt").read_text().strip() == str(run / "merged")
+        metrics = json.loads((run / "eval" / "trained-round-2" / "team" / "metrics.json").read_text())
+        assert metrics["served"]["model"] == "pbt-trained"
+        assert metrics["served"]["extractor"] == "smollm2-135m-instruct"  # the one extractor of every round
     else:
-        assert "train skipped:" in out.split("round 2 of 2")[1]
+        assert "train skipped:" in out
     report = json.loads((run / "report" / "report.json").read_text())
-    assert list(report) == ["base", "trained"] + (["trained-round-2"] if trained else [])
+    round_one_trained = (run / "eval" / "trained").is_dir()  # two trees seldom train round 1 for real
+    assert list(report) == ["base"] + (["trained"] if round_one_trained else []) + (["trained-round-2"] if trained else [])
 
 
 def plant_adapter(run):
