@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -144,9 +145,8 @@ def mark_done(run_dir: Path, state: dict, stage: str, info: dict | None = None) 
 def retire_later_rounds(cfg: PBTConfig, k: int, log=print) -> None:
     """Redoing round k makes every later round stale: their directories are moved aside, never deleted."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    later = sorted((int(p.name.split("-")[1]), p) for p in cfg.run_dir.glob("round-*")
-                   if p.is_dir() and p.name.split("-")[1].isdigit() and int(p.name.split("-")[1]) > k)
-    for n, path in later:
+    rounds = ((re.fullmatch(r"round-(\d+)", p.name), p) for p in cfg.run_dir.glob("round-*") if p.is_dir())
+    for n, path in sorted((int(m.group(1)), p) for m, p in rounds if m and int(m.group(1)) > k):
         aside = path.with_name(f"{path.name}.stale-{stamp}")
         path.rename(aside)
         results = cfg.run_dir / "eval" / eval_label(n)
@@ -206,11 +206,9 @@ def _stages(k: int) -> tuple[str, ...]:
 
 def trained_model(run_dir: Path, log=print) -> Path | None:
     """The merged model of a round's adapter (merged once), or None if the round trained none."""
-    from pbt_ray.serving.trained import merged_model
+    from pbt_ray.serving.trained import has_adapter, merged_model
 
-    if not (Path(run_dir) / "adapter" / "adapter_config.json").is_file():
-        return None
-    return merged_model(run_dir, log=log)
+    return merged_model(run_dir, log=log) if has_adapter(run_dir) else None
 
 
 def _round(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, todo: list[str], question: str | None, log) -> bool:
@@ -282,7 +280,7 @@ def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, l
     evaluates on round 1's held-out items and writes under the run directory's ``eval/<label>``, so the
     report compares base and every round on the same items."""
     from pbt_ray.evaluation.stage import EvalError, evaluate
-    from pbt_ray.serving.trained import TRAINED_ROLE
+    from pbt_ray.serving.trained import TRAINED_ROLE, has_adapter
 
     def run_suites(label: str, endpoint: str, model: str | None, serve) -> None:
         # The evaluated model answers the single-model suites; in the team debate it is the weaker partner
@@ -297,7 +295,7 @@ def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, l
 
     if k == 1:
         run_suites("base", url, None, cfg.serve)
-    if (cfg.run_dir / "adapter" / "adapter_config.json").is_file():
+    if has_adapter(cfg.run_dir):
         with trained_endpoint(cfg, log) as (trained_url, tcfg):
             run_suites(eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve)
     mark_done(cfg.run_dir, state, "eval")

@@ -22,6 +22,11 @@ TRAINED_ROLE = "trained"
 MERGED_MARKER = "pbt_merged.json"
 
 
+def has_adapter(run_dir: str | Path) -> bool:
+    """Whether a training run left an adapter (``<run>/adapter``)."""
+    return (Path(run_dir) / "adapter" / "adapter_config.json").is_file()
+
+
 def find_adapter(path: str | Path) -> Path:
     """The adapter directory of a training run (``<run>/adapter``) or the adapter directory itself."""
     path = Path(path).expanduser()
