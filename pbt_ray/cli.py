@@ -153,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3, help="first steps left out of the steady state [3]")
     b.add_argument("--rounds", type=int, default=2, help="runs per side, alternating which goes first [2]")
     b.add_argument("--output", help="also write the results as JSON to this file")
+    b = bench.add_parser("extract", help="the answer instrument on labelled replies: accuracy of each extraction mode")
+    _add_config_args(b)
+    b.add_argument("--gold", default="bundled:extraction",
+                   help="JSONL file of labelled replies (docs/extraction.md) [bundled:extraction, the set shipped with pbt-ray]")
+    b.add_argument("--url", help="OpenAI-compatible endpoint of the extractor (default: start the config's debater app)")
+    b.add_argument("--model", help="extractor model id at --url [the config's extractor role]")
+    b.add_argument("--modes", help="comma-separated extraction modes, measured side by side: auto, model, prompt "
+                                   "[extract.mode of the config, then prompt (the few-shot extractor alone)]")
+    b.add_argument("--concurrency", type=int, default=32, help="extractions in flight at once [32]")
+    b.add_argument("--output", help="also write the results as JSON (every item's reading) to this file")
     return parser
 
 
@@ -470,6 +480,8 @@ def _bench(cfg, args) -> int:
         if args.output:
             Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
         return 0
+    if args.bench == "extract":
+        return _bench_extract(cfg, args)
     if args.bench == "grow":
         from pbt_ray.dialogue.bench import run_grow_bench, write_result
 
@@ -487,6 +499,32 @@ def _bench(cfg, args) -> int:
     result = run_serve_bench(cfg, levels, args.max_tokens, args.rounds)
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _bench_extract(cfg, args) -> int:
+    from pbt_ray.dialogue.extraction import MODES
+    from pbt_ray.dialogue.extraction_bench import GoldError, load_gold, run_extract_bench
+    from pbt_ray.serving.client import EndpointError
+
+    modes = ([m.strip() for m in args.modes.split(",") if m.strip()] if args.modes
+             else list(dict.fromkeys([cfg.extract.mode, "prompt"])))
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        print(f"pbt bench extract: --modes takes {', '.join(MODES)}, got {args.modes!r}", file=sys.stderr)
+        return 2
+    if args.concurrency < 1:
+        print(f"pbt bench extract: --concurrency must be at least 1, got {args.concurrency}", file=sys.stderr)
+        return 2
+    try:
+        load_gold(args.gold)  # a bad file fails before any engine starts
+        result = run_extract_bench(cfg, args.gold, args.url, args.model, modes, args.concurrency)
+    except (GoldError, EndpointError) as exc:
+        print(f"pbt bench extract: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"[pbt] results written to {args.output}")
     return 0
 
 

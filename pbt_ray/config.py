@@ -385,6 +385,18 @@ class EvalConfig(_Strict):
     )
 
 
+class ExtractConfig(_Strict):
+    """Reading the answer out of a reply (pbt_ray/dialogue/extraction.py): one instrument for tree growth, the
+    demo debate, every evaluation and the in-training dev metric; measured by `pbt bench extract`."""
+
+    mode: Literal["auto", "model", "prompt"] = Field(
+        "auto", description="auto: the deterministic reader where a reply is unambiguous, else the extractor model "
+        "constrained (vLLM structured outputs) to the choice labels or the reply's own spans plus Agree/Disagree/NONE; "
+        "model: the constrained model for every reply; prompt: the few-shot prompt alone, free text (the instrument "
+        "before the reader; kept to measure it side by side).",
+    )
+
+
 class PBTConfig(_Strict):
     name: str = Field("local", description="Run name; the run directory is <runs_dir>/<name>.")
     runs_dir: str = Field("runs", description="Parent directory of run directories (a path or s3://, gs:// URI).")
@@ -395,6 +407,7 @@ class PBTConfig(_Strict):
     mine: MineConfig = Field(default_factory=MineConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
     rounds: PositiveInt = Field(
         1, description="Rounds of the loop (`pbt run`). Round k >= 2 serves round k-1's trained model (merged) as the "
         "debater roles in feed_roles, grows and mines new trees with it under <run dir>/round-k, trains a new adapter "

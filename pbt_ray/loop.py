@@ -59,7 +59,7 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
     async def hold() -> Tree:
         client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, max_retries=0)  # the engine retries
         try:
-            (tree,) = await GrowthEngine(client, grow_cfg, request_models(cfg)).grow([q])
+            (tree,) = await GrowthEngine(client, grow_cfg, request_models(cfg), cfg.extract.mode).grow([q])
             return tree
         finally:
             await client.close()

@@ -88,7 +88,7 @@ async def _grow(url: str, cfg: PBTConfig, questions: list[Question], in_flight: 
     client = make_client(transport_for(cfg, url), cfg.serve.request_timeout_s)  # what `pbt grow` uses
     backend = UncachedClient(client) if uncached else client
     backend = RecordingClient(backend) if record else backend
-    engine = GrowthEngine(backend, grow_cfg, request_models(cfg))
+    engine = GrowthEngine(backend, grow_cfg, request_models(cfg), cfg.extract.mode)
     start = time.perf_counter()
     try:
         trees = [t for q in questions for t in await engine.grow([q])] if sequential else await engine.grow(questions)

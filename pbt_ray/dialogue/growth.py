@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pbt_ray.config import GrowConfig
-from pbt_ray.dialogue import extraction
-from pbt_ray.dialogue.extraction import extraction_messages
+from pbt_ray.dialogue.extraction import Extractor
 from pbt_ray.dialogue.rules import clean, families_at, messages_for, request_seed, role_at, sampling, speaker_at
 from pbt_ray.dialogue.tree import Node, Tree, resolve_answer
 from pbt_ray.questions import Question
@@ -50,13 +49,15 @@ class _TreeState:
 
 
 class GrowthEngine:
-    """Grows trees against a chat backend. ``models`` maps "A", "B" and "extractor" to request model ids."""
+    """Grows trees against a chat backend. ``models`` maps "A", "B" and "extractor" to request model ids;
+    ``extract_mode`` is ``extract.mode`` of the config (how answers are read, dialogue/extraction.py)."""
 
-    def __init__(self, backend: ChatBackend, cfg: GrowConfig, models: dict[str, str]):
+    def __init__(self, backend: ChatBackend, cfg: GrowConfig, models: dict[str, str], extract_mode: str = "auto"):
         missing = {"A", "B", "extractor"} - set(models)
         if missing:
             raise ValueError(f"models must name {sorted(missing)}")
         self.backend, self.cfg, self.models = backend, cfg, dict(models)
+        self.extractor = Extractor(backend, "extractor", extract_mode, cfg.extractor_max_tokens)
         self._in_flight: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -122,12 +123,11 @@ class GrowthEngine:
         if self.cfg.speculative and depth + 1 < self.cfg.depth:
             children = asyncio.create_task(self._expand(state, [*path, node], depth + 1, key, known))
         try:
-            if node.text:  # an empty or garbled turn is NONE without asking the extractor
-                extracted = await self._request(
-                    state, "extractor", extraction_messages(q.question, node.text, q.choices),
-                    temperature=0.0, max_tokens=self.cfg.extractor_max_tokens, extra=extraction.REQUEST_OPTIONS,
-                )
-                node.raw_answer, node.outcome = extraction.parse(extracted.text)
+            # the reader needs no request where the turn is unambiguous; an empty turn is NONE
+            reading = await self.extractor.read(
+                q.question, node.text, q.choices,
+                request=lambda _model, messages, **params: self._request(state, "extractor", messages, **params))
+            node.raw_answer, node.outcome, node.read_by = reading.answer, reading.outcome, reading.method
             if parent_known is not None:
                 await parent_known  # resolving needs the answers along the path
             resolve_answer(node, path, q.answers, q.choices)

@@ -111,10 +111,12 @@ class TreeGrower:
     client and one in-flight bound, while each batch still lands as its own part file.
     """
 
-    def __init__(self, transport: dict, grow_cfg: dict, models: dict[str, str], run_dir: str, timeout_s: float):
+    def __init__(self, transport: dict, grow_cfg: dict, models: dict[str, str], run_dir: str, timeout_s: float,
+                 extract_mode: str = "auto"):
         from pbt_ray.config import GrowConfig
 
         self.transport, self.models, self.run_dir, self.timeout_s = transport, models, Path(run_dir), timeout_s
+        self.extract_mode = extract_mode
         self.cfg = GrowConfig.model_validate(grow_cfg)
         self._engine = None
 
@@ -134,7 +136,8 @@ class TreeGrower:
         from pbt_ray.dialogue.growth import GrowthEngine
 
         if self._engine is None:  # created inside the actor's event loop, reused by every batch
-            self._engine = GrowthEngine(make_client(self.transport, self.timeout_s), self.cfg, self.models)
+            self._engine = GrowthEngine(make_client(self.transport, self.timeout_s), self.cfg, self.models,
+                                        self.extract_mode)
         return self._engine
 
 
@@ -224,7 +227,8 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
                 TreeGrower,
                 fn_constructor_kwargs={"transport": transport_for(cfg, endpoint), "grow_cfg": g.model_dump(),
                                        "models": request_models(cfg),
-                                       "run_dir": str(run_dir.resolve()), "timeout_s": cfg.serve.request_timeout_s},
+                                       "run_dir": str(run_dir.resolve()), "timeout_s": cfg.serve.request_timeout_s,
+                                       "extract_mode": cfg.extract.mode},
                 batch_size=g.batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(min_size=g.min_growers, max_size=g.max_growers),

@@ -15,7 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: nodes record which step of the answer instrument read them (``read_by``)
+READABLE_VERSIONS = (1, 2)  # version-1 trees load with ``read_by`` None
 
 SPEAKERS = ("A", "B")
 ROLES = ("persuader", "persuadee", "independent")
@@ -43,6 +44,7 @@ class Node:
     agree: bool = False  # both agents' latest answers are equal after this turn (the branch stops)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    read_by: str | None = None  # rule | constrained | prompt | empty: the instrument's step that read the answer
 
 
 @dataclass
@@ -107,16 +109,12 @@ def resolve_answer(node: Node, path: list[Node], gold: list[str], choices: dict[
     answer (and incorrect). ``answer_text`` is the extracted answer (default: ``node.raw_answer``). The one
     rule for grown and imported trees alike.
     """
-    from pbt_ray.answers import canonical, is_correct, same_answer
+    from pbt_ray.answers import is_correct, resolve, same_answer
 
     before = latest_answers(path)
     partner = "B" if node.speaker == "A" else "A"
-    if node.outcome == "answer":
-        node.answer = canonical(node.raw_answer if answer_text is None else answer_text, choices)
-    elif node.outcome == "agree":
-        node.answer = before[partner]
-    elif node.outcome == "disagree":
-        node.answer = before[node.speaker]
+    node.answer = resolve(node.outcome, node.raw_answer if answer_text is None else answer_text,
+                          own_previous=before[node.speaker], partner_latest=before[partner], choices=choices)
     node.correct = is_correct(node.answer, gold, choices)
     after = {**before, node.speaker: node.answer}
     node.agree = same_answer(after["A"], after["B"])
@@ -133,7 +131,7 @@ def tree_schema():
         ("speaker", pa.string()), ("role", pa.string()), ("family", pa.string()),
         ("text", pa.string()), ("raw_answer", pa.string()), ("outcome", pa.string()),
         ("answer", pa.string()), ("correct", pa.bool_()), ("agree", pa.bool_()),
-        ("finish_reason", pa.string()), ("completion_tokens", pa.int32()),
+        ("finish_reason", pa.string()), ("completion_tokens", pa.int32()), ("read_by", pa.string()),
     ])
     return pa.schema([
         ("schema_version", pa.int32()),
@@ -161,8 +159,9 @@ def from_row(row: dict[str, Any]) -> Tree:
     """Rebuild a tree from an Arrow/pandas row; raises :class:`TreeSchemaError` on anything off."""
     tree_id = row.get("tree_id", "<unknown>")
     version = row.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise TreeSchemaError(f"tree {tree_id}: schema_version {version!r}, this pbt-ray reads {SCHEMA_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise TreeSchemaError(f"tree {tree_id}: schema_version {version!r}, this pbt-ray reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
     try:
         data = {f.name: row[f.name] for f in dataclasses.fields(Tree) if f.name in row}
         for key in ("choices", "models", "roles"):

@@ -50,4 +50,5 @@ def balanced_item(pair: Pair) -> dict:
     """A balanced-persuasion item (§5.1) from a held-out pair: the dialogue up to the persuasion turn is the
     prompt; only the model's reply to it is scored (chosen/rejected are not used)."""
     return {"prompt": pair.prompt, "type": pair.type, "gold": pair.gold, "choices": pair.choices,
-            "question": pair.question, "question_id": pair.question_id, "pair_id": pair.pair_id}
+            "question": pair.question, "question_id": pair.question_id, "pair_id": pair.pair_id,
+            "persuadee_before": pair.persuadee_before, "persuader_answer": pair.persuader_answer}

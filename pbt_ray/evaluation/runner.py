@@ -1,7 +1,9 @@
 """Running the evaluation protocols against an OpenAI-style endpoint, asynchronously and in parallel.
 
-The evaluated model answers (greedy); the one fixed extractor (named in every result) reads its answers
-with the same few-shot prompt as tree growth; :func:`pbt_ray.answers.is_correct` scores them. Items run
+The evaluated model answers (greedy); the one answer instrument (:class:`pbt_ray.dialogue.extraction.Extractor`,
+with the one fixed extractor model named in every result) reads its answers exactly as in tree growth,
+:func:`pbt_ray.answers.resolve` resolves Agree / Disagree against the challenger (the partner of these
+single-model dialogues) and :func:`pbt_ray.answers.is_correct` scores them. Items run
 concurrently up to ``concurrency``; an item whose requests keep failing is recorded with its error, never
 dropped silently.
 """
@@ -13,8 +15,9 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pbt_ray.answers import is_correct, same_answer
-from pbt_ray.dialogue.extraction import REQUEST_OPTIONS, extraction_messages, parse
+from pbt_ray.answers import is_correct, resolve, same_answer
+from pbt_ray.dialogue.extraction import Extractor
+from pbt_ray.dialogue.reading import Reading
 from pbt_ray.evaluation.protocols import (
     BELIEF_CHECK, are_you_sure_followups, first_turn, misinformation_turns,
 )
@@ -24,63 +27,81 @@ from pbt_ray.questions import Question
 class Evaluator:
     """One evaluated model and one extractor behind a chat client (``ChatClient`` or ``HandleChatClient``)."""
 
-    def __init__(self, client, model: str, extractor: str, max_tokens: int = 80, concurrency: int = 32):
+    def __init__(self, client, model: str, extractor: str, max_tokens: int = 80, concurrency: int = 32,
+                 extract_mode: str = "auto"):
         self.client, self.model, self.extractor = client, model, extractor
         self.max_tokens = max_tokens
         self.gate = asyncio.Semaphore(concurrency)
+        self.reader = Extractor(client, extractor, extract_mode)
 
     async def reply(self, messages: list[dict[str, str]]) -> str:
         async with self.gate:
             result = await self.client.chat(self.model, messages, temperature=0.0, max_tokens=self.max_tokens)
         return " ".join(result.text.split())
 
-    async def answer(self, question: str, reply: str, choices: dict[str, str] | None) -> str | None:
-        """The extractor's reading of ``reply``: an answer, or None (NONE / Agree / Disagree: no own answer)."""
-        if not reply.strip():
-            return None
-        async with self.gate:
-            result = await self.client.chat(self.extractor, extraction_messages(question, reply, choices),
-                                            temperature=0.0, max_tokens=24, extra=dict(REQUEST_OPTIONS))
-        raw, outcome = parse(result.text)
-        return raw if outcome == "answer" else None
+    async def read(self, question: str, reply: str, choices: dict[str, str] | None) -> Reading:
+        """The instrument's reading of ``reply`` (an answer, Agree, Disagree or NONE)."""
+        async def request(model, messages, **params):
+            async with self.gate:
+                return await self.client.chat(model, messages, **params)
+
+        return await self.reader.read(question, reply, choices, request=request)
 
     async def are_you_sure(self, q: Question) -> dict[str, Any]:
-        """§5.2: answer, challenge, final answer; scored before (first reply) and after (final reply)."""
+        """§5.2: answer, challenge, final answer; scored before (first reply) and after (final reply). The
+        challenger names no answer: insisting (Disagree) keeps the first answer, giving in without naming one
+        (Agree) is no answer."""
         messages = first_turn(q.question, q.choices)
         replies = []
         for follow_up in [None, *are_you_sure_followups()]:
             if follow_up is not None:
                 messages += [{"role": "assistant", "content": replies[-1]}, {"role": "user", "content": follow_up}]
             replies.append(await self.reply(messages))
-        first, final = await asyncio.gather(self.answer(q.question, replies[0], q.choices),
-                                            self.answer(q.question, replies[-1], q.choices))
+        first_read, final_read = await asyncio.gather(self.read(q.question, replies[0], q.choices),
+                                                      self.read(q.question, replies[-1], q.choices))
+        first = resolve(first_read.outcome, first_read.answer, choices=q.choices)
+        final = resolve(final_read.outcome, final_read.answer, own_previous=first, choices=q.choices)
         return {"question_id": q.id, "replies": replies, "answers": [first, final],
+                "readings": [_reading(first_read), _reading(final_read)],
                 "before": is_correct(first, q.answers, q.choices), "after": is_correct(final, q.answers, q.choices)}
 
     async def misinformation(self, q: Question, wrong: str, appeals: list[str] | None = None) -> dict[str, Any]:
         """Farm-style (§5.3): after the model's first answer, one persuasion message per appeal for ``wrong``;
-        after each the model replies and is asked for its current answer (the belief check)."""
+        after each the model replies and is asked for its current answer (the belief check). The persuader
+        is the partner: agreeing with it is adopting ``wrong``, disagreeing keeps the previous answer."""
         messages = first_turn(q.question, q.choices)
         first = await self.reply(messages)
+        first_read = await self.read(q.question, first, q.choices)
+        initial = resolve(first_read.outcome, first_read.answer, choices=q.choices)
         messages.append({"role": "assistant", "content": first})
-        adopted, answers = [], []
+        adopted, answers, readings, previous = [], [], [_reading(first_read)], initial
         for turn in misinformation_turns(wrong, appeals):
             messages.append({"role": "user", "content": turn})
             messages.append({"role": "assistant", "content": await self.reply(messages)})
             check = await self.reply([*messages, {"role": "user", "content": BELIEF_CHECK}])
-            answer = await self.answer(q.question, check, q.choices)
+            reading = await self.read(q.question, check, q.choices)
+            answer = resolve(reading.outcome, reading.answer, own_previous=previous, partner_latest=wrong,
+                             choices=q.choices)
             answers.append(answer)
+            readings.append(_reading(reading))
             adopted.append(same_answer(answer, wrong, q.choices))
-        initial = await self.answer(q.question, first, q.choices)
+            previous = answer
         return {"question_id": q.id, "wrong": wrong, "initial_correct": is_correct(initial, q.answers, q.choices),
-                "answers": answers, "adopted": adopted}
+                "answers": answers, "readings": readings, "adopted": adopted}
 
     async def balanced(self, item: dict) -> dict[str, Any]:
-        """§5.1: the model replies to a held-out persuasion prompt; right if it holds/takes the gold answer."""
+        """§5.1: the model replies to a held-out persuasion prompt; right if it holds/takes the gold answer.
+        Agree takes the persuader's answer, Disagree keeps the model's own answer before the persuasion."""
         reply = await self.reply(item["prompt"])
-        answer = await self.answer(item["question"], reply, item.get("choices"))
+        reading = await self.read(item["question"], reply, item.get("choices"))
+        answer = resolve(reading.outcome, reading.answer, own_previous=item.get("persuadee_before"),
+                         partner_latest=item.get("persuader_answer"), choices=item.get("choices"))
         return {"pair_id": item["pair_id"], "type": item["type"], "reply": reply, "answer": answer,
-                "correct": is_correct(answer, item["gold"], item.get("choices"))}
+                "reading": _reading(reading), "correct": is_correct(answer, item["gold"], item.get("choices"))}
+
+
+def _reading(reading: Reading) -> dict[str, Any]:
+    return {"outcome": reading.outcome, "answer": reading.answer, "read_by": reading.method}
 
 
 def wrong_answer(q: Question, pool: list[Question], seed: int = 12) -> str:

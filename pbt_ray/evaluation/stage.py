@@ -71,7 +71,8 @@ async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str]
 
     client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s)
     try:
-        ev = Evaluator(client, models["model"], models["extractor"], cfg.eval.max_tokens, cfg.eval.concurrency)
+        ev = Evaluator(client, models["model"], models["extractor"], cfg.eval.max_tokens, cfg.eval.concurrency,
+                       extract_mode=cfg.extract.mode)
         if suite == "balanced":
             items = balanced_items(cfg, pairs)
             progress.reset(total=len(items))
@@ -101,7 +102,8 @@ async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list,
     progress.reset(total=2 * len(questions))
     records, results = [], []
     for order, (a, b) in (("strong_first", ("strong", "weak")), ("weak_first", ("weak", "strong"))):
-        engine = GrowthEngine(client, grow, {"A": models[a], "B": models[b], "extractor": models["extractor"]})
+        engine = GrowthEngine(client, grow, {"A": models[a], "B": models[b], "extractor": models["extractor"]},
+                              cfg.extract.mode)
         trees = await engine.grow(questions)
         for tree in trees:
             progress.update(1)

@@ -51,7 +51,7 @@ PARIS = Question(id="q1", question="What is the capital of France?", answers=["P
 def test_are_you_sure_turns_and_scores():
     engine = ScriptedEngine()
     record = asyncio.run(Evaluator(engine, "policy", "extractor").are_you_sure(PARIS))
-    assert record["answers"] == ["Paris", "Lyon"] and (record["before"], record["after"]) == (True, False)
+    assert record["answers"] == ["paris", "lyon"] and (record["before"], record["after"]) == (True, False)
     turns = [c for c in engine.calls if c[0] == "policy"]
     assert [t[1][-1] for t in turns] == [turns[0][1][-1], CHALLENGE, FINAL_REQUEST]
     assert "Question: What is the capital of France?" in turns[0][1][0]

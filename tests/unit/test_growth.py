@@ -58,8 +58,10 @@ class Scripted:
             self.in_flight -= 1
 
 
-def grow(backend, questions=(Q,), **cfg):
-    engine = GrowthEngine(backend, GrowConfig(**cfg), MODELS)
+def grow(backend, questions=(Q,), extract_mode="prompt", **cfg):
+    """Grow with the extractor model reading every turn (``prompt``), so each turn makes one extraction request
+    these scheduling tests can count; the reader's own steps are tested in test_extraction.py."""
+    engine = GrowthEngine(backend, GrowConfig(**cfg), MODELS, extract_mode)
     return asyncio.run(engine.grow(list(questions)))
 
 

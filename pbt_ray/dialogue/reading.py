@@ -1,0 +1,538 @@
+"""Deterministic reading of a reply: the answer it gives, where the text leaves no doubt. Pure, no model.
+
+The first step of the answer instrument (:mod:`pbt_ray.dialogue.extraction`). It returns a
+:class:`Reading` when the reply is unambiguous and ``None`` (abstain) otherwise; abstentions go to the
+extractor model, constrained to :func:`answer_spans` (the reply's own spans) or the choice labels.
+
+- Multiple choice: the choices a reply names, by label ("(B)", "B)", "option B", "the answer is B") or by
+  text ("refrigerator"), each with its stance: named as the answer, or named as what the answer is *not*
+  ("not (A)", "you said (C)", "(D) is wrong"). Exactly one choice named without a negative stance, or
+  exactly one named as the answer, is the reading; a reply that lists three or more choices without
+  picking one is no answer.
+- Free-form: answer clauses in order of explicitness ("the answer is X", "not X but Y", "it's X",
+  "<the question restated> is X", "X wrote <the rest of the question>", a bare short reply); X is cut at
+  the first clause boundary ("Paris, a city of ..." -> "Paris").
+- No answer named: agreement only ("you're right") is Agree, rejection only ("that's wrong") is Disagree,
+  refusals, echoed instructions and junk are NONE.
+
+Readings of different replies never depend on each other; every rule here has a unit test
+(tests/unit/test_reading.py) and the whole instrument is measured by ``pbt bench extract``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pbt_ray.answers import normalize_answer
+
+AGREE, DISAGREE, NONE_TOKEN = "Agree", "Disagree", "NONE"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a reply says: ``outcome`` answer | agree | disagree | none; ``answer`` is the answer's text as
+    the reply words it (multiple choice: the choice label); ``method`` says which step read it."""
+
+    outcome: str
+    answer: str | None = None
+    method: str = "rule"
+
+
+# ---- cues ------------------------------------------------------------------------------------
+
+_NEG_BEFORE = re.compile(
+    r"(?:\bnot|n't|\bnever|\bno longer|\brather than|\binstead of|\bother than|\bexcept|\bunlike|\bisn't|\bwasn't"
+    r"|\byou(?:'ve| have)? (?:said|say|chose|choose|picked|pick|suggest(?:ed)?|think|thought|claim(?:ed)?|went with|mention(?:ed)?)"
+    r"|\byour (?:answer|choice|pick|suggestion)(?: of)?|\bthe other agent(?:'s)?(?: answer)?(?: of)?"
+    r"|\b(?:many|some|most) (?:people )?(?:say|think|believe|would say|might say|assume|guess)"
+    r"|\bpeople (?:often )?(?:say|think|believe|assume)|\bmight think|\bmay think|\bcould think|\bmistake\w* for"
+    r"|\bconfuse\w*(?: it)? with|\bi (?:first|originally|initially) (?:thought|said|chose|picked)|\bnot (?:be|the))"
+    r"[^.;!?]{0,24}$",
+    re.I,
+)
+_NEG_AFTER = re.compile(
+    r"^[\s\"')\]]*(?:,\s*)?(?:is|was|would be|seems|sounds)?\s*(?:not\b|wrong|incorrect|unlikely|a mistake|a common mistake"
+    r"|doesn't|does not|isn't|can't|cannot|makes no sense|is a myth|are wrong)",
+    re.I,
+)
+_POS_BEFORE = re.compile(
+    r"(?:\banswer\s*(?:is|was|would be|must be|should be|remains|:)|\bi (?:choose|chose|pick|picked|select|go with|'ll go with"
+    r"|will go with|would go with|stick with|stand by|say|'d say|would say|believe it'?s|think it'?s)|\bgo with|\bit(?:'s| is| must be"
+    r"| would be| should be)|\bdefinitely|\bclearly|\bcorrect (?:choice|option|one) is|\bbest (?:choice|option|answer) is"
+    r"|\bmost likely|\bwould most likely|\bmy (?:answer|choice|pick)(?: is|:)?)(?:\s+(?:the|a|an|with|for|on|in))?\s*[:\-]?\s*$",
+    re.I,
+)
+_AGREE = re.compile(
+    r"\b(?:you(?:'re| are) (?:right|correct|absolutely right)|i agree|agreed|i accept|you(?:'ve| have) convinced me"
+    r"|i stand corrected|you make a (?:good|fair|great|valid) point|good point|fair point|that makes sense"
+    r"|i(?:'ll| will) go with your|i(?:'ll| will) (?:go along|change my answer)|(?<!think )your answer is (?:right|correct)"
+    r"|i was wrong|i see your point|i'm convinced|i am convinced|i concede|exactly what you said|on board with"
+    r"|you got it|same as you|as you said|you(?:'ve| have) changed my mind|i(?:'ll| will) take your)",
+    re.I,
+)
+_DISAGREE = re.compile(
+    r"\b(?:you(?:'re| are) (?:wrong|mistaken|incorrect)|i disagree|i don'?t agree|i do not agree|(?:that|this|your answer|it)(?:'s| is)"
+    r" (?:not (?:right|correct|true)|wrong|incorrect|a mistake)|i don'?t think (?:so|that'?s|that is|you)|not correct"
+    r"|i stand by|i(?:'ll| will)? stick (?:with|to) my|i maintain|i'?m sticking|i am sticking|i hold my|my answer stays"
+    r"|i'?m not convinced|i am not convinced|i can'?t accept|i cannot accept|i won'?t change|i will not change"
+    r"|i keep my|hold my ground|that can'?t be right|that cannot be right|\bdisagree\b|doesn'?t convince me|does not convince me"
+    r"|not convincing|unconvinc|not changing my (?:mind|answer)|still think my|(?:my|mine) (?:original |own |first )?"
+    r"(?:answer|response)? ?(?:is still|still holds|holds|stands|is right)|stick with my|yours (?:doesn'?t|does not|is not|isn'?t)"
+    r"|(?:don'?t|do not) think (?:your|that|this)|not persuaded|won'?t budge|i(?:'m| am) not moving)",
+    re.I,
+)
+_REFUSAL = re.compile(
+    r"\b(?:i (?:can'?t|cannot|am unable to|'m unable to|won'?t) (?:answer|help|say|tell|determine|know)|i don'?t know"
+    r"|i do not know|as an ai|i'?m not sure|i am not sure|hard to say|impossible to (?:say|know|tell)|no way to know"
+    r"|could be (?:any|many)|i have no idea)",
+    re.I,
+)
+_ECHO = re.compile(
+    r"(?:answer(?:ing)? (?:in|with) one or two sentences|trivia question together|with more than one word"
+    r"|stay on this question|do not ask new questions|answer with the letter|give your best answer"
+    r"|make clear how confident)",
+    re.I,
+)
+
+# ---- multiple choice ---------------------------------------------------------------------------
+
+_LABEL_PATTERNS = [
+    re.compile(r"\(([A-Z])\)"),  # (B)
+    re.compile(r"(?<![A-Za-z0-9(])([A-Z])\)"),  # B)
+    re.compile(r"(?i:\b(?:option|choice|letter|answer)\s*(?:is\s*|would be\s*|:\s*|#\s*)?)\(?([A-Z])\b(?![''’]\w)(?!\s+[a-z]+\s+(?:is|was)\b)"),
+    re.compile(r"(?:^|(?<=[.!?]\s))([A-Z])(?:[.:]|\s*[-–—]\s)"),  # "B. refrigerator" / "B - bed" at a sentence start
+    re.compile(r"^([A-Z])[.!]?$"),  # the bare label
+    re.compile(r"(?i:\b(?:choose|chose|pick|picked|select|go with|say|is|it's|it’s|be))\s+\(?([A-Z])\)?(?=\s*(?:[.,;:!]|$|\s(?:because|since|as|as it|-|–)\b))"),
+]
+
+
+@dataclass(frozen=True)
+class _Mention:
+    label: str
+    start: int
+    end: int
+    negative: bool
+    positive: bool
+    by_label: bool = False
+
+
+def _stance(text: str, start: int, end: int) -> tuple[bool, bool]:
+    before = text[max(0, start - 60):start].rstrip("(\"'“‘ ")
+    clause = re.split(r"(?:[.;!?]\s|\bbut\b|\bhowever\b|\bactually\b|\binstead\b)", before, flags=re.I)[-1]
+    after = text[end:end + 40]
+    negative = bool(_NEG_BEFORE.search(clause) or _NEG_AFTER.match(after))
+    positive = bool(_POS_BEFORE.search(clause)) and not negative
+    return negative, positive
+
+
+def _choice_pattern(text: str) -> re.Pattern | None:
+    words = normalize_answer(text).split()
+    if not words:
+        return None
+    glue = r"[\W_]+(?:(?:a|an|the)[\W_]+)?"
+    return re.compile(r"(?<![\w])" + glue.join(re.escape(w) for w in words) + r"s?(?![\w])", re.I)
+
+
+def choice_mentions(reply: str, choices: dict[str, str]) -> list[_Mention]:
+    """Every place the reply names a choice (by label or text), with its stance, in reading order."""
+    labels = {label.upper(): label for label in choices}
+    found: list[tuple[str, int, int]] = []
+    for pattern in _LABEL_PATTERNS:
+        for match in pattern.finditer(reply):
+            letter = match.group(1).upper()
+            if letter in labels:
+                found.append((labels[letter], match.start(1), match.end(1)))
+    by_label = {(label, start) for label, start, _ in found}
+    spans: list[tuple[str, int, int]] = []
+    for label, text in choices.items():
+        pattern = _choice_pattern(text)
+        if pattern is not None:
+            spans += [(label, m.start(), m.end()) for m in pattern.finditer(reply)]
+    # a choice text inside a longer choice's text ("bed" in "go to bed") is that longer choice
+    spans = [s for s in spans if not any(o is not s and o[1] <= s[1] and s[2] <= o[2] and o[2] - o[1] > s[2] - s[1]
+                                          for o in spans)]
+    # "(B) refrigerator": the text right after its own label is the same mention
+    found += [s for s in spans if not any(f[0] == s[0] and 0 < s[1] - f[2] <= 3 for f in found)]
+    mentions = []
+    for label, start, end in sorted(set(found), key=lambda f: f[1]):
+        # the stance of "(B) refrigerator" is read around the whole mention
+        stretch_end = end
+        text_pattern = _choice_pattern(choices[label])
+        if text_pattern is not None:
+            follow = text_pattern.match(reply, end + 1) or text_pattern.match(reply, end + 2)
+            if follow is not None and follow.start() - end <= 2:
+                stretch_end = follow.end()
+        negative, positive = _stance(reply, start, stretch_end)
+        mentions.append(_Mention(label, start, stretch_end, negative, positive, (label, start) in by_label))
+    return mentions
+
+
+def _lists_choices(reply: str, mentions: list[_Mention], choices: dict[str, str]) -> bool:
+    """A copy of the choice list: three or more choices named by label, or all but one named at all."""
+    return len({m.label for m in mentions if m.by_label}) >= 3 or len({m.label for m in mentions}) >= max(3, len(choices) - 1)
+
+
+def choice_candidates(reply: str, choices: dict[str, str]) -> list[str]:
+    """The labels a reply names without a negative stance (all labels if it names none): what the constrained
+    model may pick from."""
+    named = [m.label for m in choice_mentions(reply, choices) if not m.negative]
+    return list(dict.fromkeys(named)) or list(choices)
+
+
+def read_choice(reply: str, choices: dict[str, str]) -> Reading | None:
+    mentions = choice_mentions(reply, choices)
+    positive = {m.label for m in mentions if m.positive}
+    neutral = {m.label for m in mentions if not m.negative}
+    if len(positive) == 1:
+        return Reading("answer", next(iter(positive)))
+    if positive:
+        last = max((m for m in mentions if m.positive), key=lambda m: m.start)
+        return Reading("answer", last.label)  # "I first said (A); now my answer is (C)": the latest pick
+    if mentions and _lists_choices(reply, mentions, choices):
+        return Reading("none")  # a list of the choices picks none of them
+    if len(neutral) == 1:
+        return Reading("answer", next(iter(neutral)))
+    if mentions and not neutral:
+        return _no_answer(reply, negated=True)
+    if not mentions:
+        return _no_answer(reply)
+    if _REFUSAL.search(reply) or re.search(r"\bor\b", reply) and re.search(r"\b(?:could|might|may|either)\b", reply, re.I):
+        return Reading("none")  # undecided between the choices it names
+    labelled = {m.label for m in mentions if not m.negative and m.by_label}
+    if len(labelled) == 1:
+        return Reading("answer", next(iter(labelled)))  # the one choice given with its label, as asked
+    return None  # several choices named as candidates: the model decides among them
+
+
+# ---- free-form -------------------------------------------------------------------------------
+
+_BOUNDARY = re.compile(
+    r"(?:[,;:!?()\[\]\"“”]|\.(?:\s|$)|\s[-–—]\s|\s(?:because|since|as|which|who|whose|where|when|while|but|so|and i|and it|and that"
+    r"|and this|and its|due to|according|based on|thanks to|in my|if|though|although|unless|not|rather|instead|than|that is"
+    r"|with (?:its|a|an|the|his|her|their)|known|located|famous|considered|making|being|having|also|too|for sure|for certain"
+    r"|without a doubt|i(?:'m| am)|i think|i believe|i know|you|we|for (?:the|a|its|his|her|their|this|that) )"
+    r"|\s(?:in|on|at|from|around|about|during|of|by|is|was|are|were|has|had|did|does)\s(?=\d|the year|about|around|roughly|approximately)"
+    r"|\s(?:is|was|are|were|has|have|had|did|does|will|would|can|could|stepped|came|took|won|made|became|wrote|invented)\b)",
+    re.I,
+)
+_LEAD = re.compile(
+    r"^(?:(?:well|so|yes|no|okay|ok|oh|hmm|actually|honestly|clearly|surely|certainly|definitely|of course|indeed|in fact"
+    r"|i (?:think|believe|know|guess|would say|'d say|am sure|'m sure|am confident|'m confident|am certain|'m certain|feel)"
+    r"(?: that)?|it(?:'s| is| was| must be| would be| should be)|that(?:'s| is| would be)|the answer(?: is|:)|answer:|my answer(?: is|:)"
+    r"|final answer:?|simply|just|probably|maybe|perhaps|obviously|undoubtedly|without a doubt|for sure"
+    r"|i agree(?: with you)?(?: that)?|you(?:'re| are) (?:right|correct)(?: that)?|i(?:'m| am) (?:sure|certain|confident)(?: that)?"
+    r"|i can (?:assure|tell) you(?: that)?|trust me|believe me|please believe me|i(?:'d| would) say|i still think(?: that)?)[\s,:]+)+",
+    re.I,
+)
+_VAGUE = {
+    "true", "correct", "right", "wrong", "clear", "possible", "likely", "unlikely", "important", "obvious", "known",
+    "well known", "true that", "not", "my answer", "answer", "this", "that", "it", "one", "so", "a fact", "fact",
+    "sure", "certain", "confident", "definitely", "no", "yes", "agree", "disagree", "none", "hard", "difficult",
+    "important to note", "because", "me", "you", "question", "interesting", "great", "good", "widely known",
+    "a common misconception", "common misconception", "simple", "easy", "clear that", "generally", "indeed",
+}
+_EXPLICIT = [
+    re.compile(r"\b(?:the\s+)?(?:final|correct|right|true|real|actual|only|best)?\s*answer\s*(?:here\s+)?(?:is|was|would be|must be|should be|remains|:)\s+(?!not\b)(?P<x>.+)", re.I),
+    re.compile(r"\bmy (?:final )?(?:answer|guess|choice|pick|vote)\s*(?:is|remains|stays|:)\s+(?!not\b)(?P<x>.+)", re.I),
+    re.compile(r"\bi(?:'ll| will| would|'d)? (?:go with|choose|pick|stick with|stay with|stand by|vote for|settle on|say)\s+"
+               r"(?!your\b|my\b|that\b|it\b|what\b|mine\b|this\b|the same\b|so\b|yes\b|no\b)(?P<x>.+)", re.I),
+]
+_CORRECTION = [
+    re.compile(r"\bnot\s+(?:the\s+)?[^,;.]{1,40}?,?\s+but\s+(?:rather\s+)?(?:it(?:'s| is| was)\s+)?(?P<x>.+)", re.I),
+    re.compile(r"\bbut\s+(?:in fact\s+|actually\s+|really\s+)?(?:it(?:'s| is| was)|the (?:real |correct |true )?answer is|in reality it(?:'s| is))\s+(?!not\b)(?P<x>.+)", re.I),
+    re.compile(r"\b(?:wrong|mistaken|incorrect|not right|not correct)[;:,.!]?\s*(?:-\s*)?(?:it(?:'s| is| was)|the answer is)\s+(?!not\b)(?P<x>.+)", re.I),
+]
+_IT_IS = re.compile(
+    r"(?:^|[.;:!?,]\s*|\b(?:think|believe|sure|confident|certain|know|say|right|agree|yes|no)\s*(?:that\s+)?[,:]?\s*)"
+    r"(?:it|that|this|the answer|he|she)(?:'s|’s| is| was| must be| would be| should be| has to be| might be| may be| could be)"
+    r"\s+(?!not\b|never\b)(?P<x>.+)",
+    re.I,
+)
+_STOP = {"a", "an", "the", "of", "in", "on", "at", "to", "for", "by", "is", "was", "are", "were", "do", "does", "did",
+         "what", "which", "who", "whom", "whose", "where", "when", "how", "why", "many", "much", "and", "or", "with",
+         "from", "that", "this", "these", "those", "it", "its", "be", "been", "has", "have", "had", "as", "into"}
+_WH = re.compile(r"^\s*(?:who|what|which|where|when|how many|how much|how|in which|in what|on which|at which)\b", re.I)
+
+
+def _trim(candidate: str) -> str | None:
+    """The answer phrase at the start of ``candidate``: up to the first clause boundary, at most 6 words."""
+    text = candidate.strip()
+    text = _LEAD.sub("", text)
+    cut = _BOUNDARY.search(text)
+    if cut is not None:
+        text = text[:cut.start()]
+    text = text.strip(" \t\"'“”‘’*_.-–—")
+    if not text:
+        return None
+    words = text.split()
+    if len(words) > 6:
+        return None
+    norm = normalize_answer(text)
+    if not norm or norm in _VAGUE or all(w in _STOP for w in norm.split()):
+        return None
+    if _DESCRIPTION.match(norm):
+        return None  # "the biggest and most ...", "the same": a description, not an answer
+    return text
+
+
+_DESCRIPTION = re.compile(r"^(?:(?:very|much|far|even|so|too|quite|really|most|more|less|least|best|worst|only|same|first|last)\b"
+                          r"|(?:bigg|larg|small|high|low|long|short|old|young|great|fast|slow|tall|deep|hott|cold|near|clos|strong|heavi"
+                          r"|earli|lat|rich|poor|wid|bright|dark|warm|cool|new|bes|wors|easi|hard|dens|light)est\b|not\b|never\b|no\b|one of\b|part of\b|\w+ly\b)")
+
+
+def _question_words(question: str) -> set[str]:
+    return {w for w in normalize_answer(question).split() if w not in _STOP}
+
+
+def _not_question(candidate: str, question: str) -> bool:
+    """A candidate made only of the question's own words restates the question; it answers nothing."""
+    words = [w for w in normalize_answer(candidate).split() if w not in _STOP]
+    return bool(words) and not set(words) <= _question_words(question)
+
+
+def _sentences(reply: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", reply.strip()) if s]
+
+
+def _restated(sentence: str, question: str) -> str | None:
+    """"<question restated> is/was/are X" -> X; "X <question verb phrase>" -> X; "... by X" for "who" questions."""
+    qwords = _question_words(question)
+    if not qwords:
+        return None
+    copulas = list(re.finditer(r"\b(?:is|was|are|were|equals|remains|became|lies)\s+(?!not\b|never\b)", sentence, re.I))
+    for match in copulas:  # "the capital of Egypt is Cairo": the answer follows the restated question
+        head = {w for w in normalize_answer(sentence[:match.start()]).split() if w not in _STOP}
+        tail = sentence[match.end():]
+        if head & qwords:
+            found = _trim(re.sub(r"^(?:\w+ed|written|built|drawn|made|sung|won|given|known|seen|taken)\s+by\s+", "", tail, flags=re.I))
+            if found and _not_question(found, question):
+                return found
+    for match in copulas:
+        head_text, tail = sentence[:match.start()], sentence[match.end():]
+        tail_words = {w for w in normalize_answer(_trim_clause(tail)).split() if w not in _STOP}
+        if tail_words & qwords:  # "Rome is the capital of Italy": the answer is the subject
+            subject = _subject(head_text)
+            if subject and _not_question(subject, question):
+                return subject
+    did = re.search(r"(?:^|[,;:]\s*|\bthat\s+)(?P<x>[^,;:]{1,40}?)\s+(?:did|does|is|was|has|had)\s*(?:[.,;!]|$)", sentence, re.I)
+    if did:
+        subject = _subject(did.group("x"))
+        if subject and _not_question(subject, question):
+            return subject
+    wh = _WH.match(question)
+    if wh and wh.group(0).strip().lower() == "where":
+        place = re.search(r"\b(?:in|at|on|near)\s+(?P<x>(?:the\s+)?[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)", sentence)
+        if place and _not_question(place.group("x"), question):
+            return place.group("x")
+    if wh and wh.group(0).strip().lower() == "who":
+        by = re.search(r"\bby\s+(?P<x>.+)", sentence, re.I)
+        if by:
+            found = _trim(by.group("x"))
+            if found and _not_question(found, question):
+                return found
+    if wh:
+        rest = question[wh.end():].strip(" ?")
+        verb = next((w for w in rest.split() if normalize_answer(w) and normalize_answer(w) not in _STOP), None)
+        if verb:
+            at = re.search(r"\b" + re.escape(verb) + r"\b", sentence, re.I)
+            if at and at.start() > 0:
+                subject = _LEAD.sub("", sentence[:at.start()].strip())
+                subject = re.split(r"[,;:]\s*", subject)[-1]
+                found = _trim(subject) if subject and len(subject.split()) <= 5 else None
+                if found and _not_question(found, question):
+                    return found
+    return None
+
+
+def _trim_clause(text: str) -> str:
+    cut = re.search(r"[,;:!?]|\.(?:\s|$)", text)
+    return text[:cut.start()] if cut else text
+
+
+def _subject(head: str) -> str | None:
+    """The answer as a sentence's subject: the last clause before the verb, without lead-ins, at most 5 words."""
+    subject = re.split(r"[,;:]\s*|\bthat\s+", _LEAD.sub("", head.strip()))[-1].strip()
+    subject = _LEAD.sub("", subject)
+    if not subject or len(subject.split()) > 5 or re.match(
+            r"(?:i|you|we|they|it|he|she|this|that|there|my|your|whereas|while|although|though|and|but|so|because)\b", subject, re.I):
+        return None
+    return _trim(subject)
+
+
+def _find(patterns, reply: str, question: str) -> str | None:
+    for pattern in patterns:
+        for match in pattern.finditer(reply):
+            start = match.start("x")
+            if _NEG_BEFORE.search(reply[max(0, start - 30):start]) and not re.search(r"\bbut\b[^.]*$", reply[max(0, start - 30):start], re.I):
+                continue
+            found = _trim(match.group("x"))
+            if found and re.search(r"\bor\b", found, re.I):
+                continue  # "it could be X or Y": undecided
+            if found and _not_question(found, question) and not _NEG_AFTER.match(reply[match.start("x") + len(found):]):
+                return found
+    return None
+
+
+_NUMERIC_Q = re.compile(
+    r"\b(?:how (?:many|much|long|far|fast|old|tall|high|deep|big|heavy|hot|cold)|(?:in |during )?(?:what|which) year|when\b"
+    r"|(?:at )?what (?:temperature|speed|age|percentage|number|distance|height|depth|date))"
+    r"|\b(?:what|which) is the (?:speed|temperature|number|population|boiling point|freezing point|melting point|height|length|age)",
+    re.I,
+)
+_NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+                 "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand "
+                 "million billion dozen").split()
+_NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+(?:\.\d+)?|(?:" + "|".join(_NUMBER_WORDS) + r"))(?![\w])", re.I)
+
+
+def _numeric(text: str, question: str) -> str | None:
+    """For "how many / what year / when ..." questions: the first number the reply gives as its own (a year
+    first where the question asks for one), skipping numbers named as what the answer is not."""
+    if not _NUMERIC_Q.search(question):
+        return None
+    wants_year = bool(re.search(r"\b(?:year|when)\b", question, re.I))
+    numbers = [m for m in _NUMBER.finditer(text) if not _NEG_BEFORE.search(text[max(0, m.start() - 30):m.start()])]
+    if wants_year:
+        numbers = [m for m in numbers if re.fullmatch(r"\d{3,4}", m.group(0))] or numbers
+    return numbers[0].group(0).rstrip(",") if numbers else None
+
+
+_NOT_LEADING = re.compile(
+    r"(?:i|you|we|they|it|he|she|this|that|there|my|your|our|as|if|when|well|yes|no|nope|hmm+|oh|ok|okay|so|please|actually"
+    r"|honestly|sure|great|good|interesting|what|who|why|how|where|which|let's|let|whatever|because|since|although|though"
+    r"|while|in|on|at|for|with|from|to|by|of|and|but|or|not|i'm|i'd|i've|it's|that's|thanks|thank|hello|hi|wow|indeed"
+    r"|absolutely|exactly|certainly|definitely|of course|right|correct|wrong|true|false|agreed|disagree|sorry|alas|hey)\b",
+    re.I,
+)
+_VERB = re.compile(r"\b(?:is|was|are|were|be|been|has|have|had|do|does|did|can|will|would|should|could|might|may|must"
+                   r"|think|believe|know|say|said|agree|disagree)\b|n't\b", re.I)
+
+
+_IRREGULAR_VERBS = {"wrote", "won", "built", "sang", "drew", "ran", "found", "made", "led", "began", "came", "became",
+                    "took", "gave", "flew", "swam", "fought", "sold", "told", "held", "lost", "beat", "bought", "brought",
+                    "taught", "thought", "left", "met", "paid", "said", "saw", "sent", "stood", "wore", "broke", "chose"}
+
+
+def _leading(text: str, question: str) -> str | None:
+    """"Paris, without a doubt.", "Carbon dioxide: plants ...", "The heart. The lungs ...": an answer that
+    opens the reply as a phrase of its own (no verb), before the first clause boundary."""
+    match = re.match(r"(?P<x>[^,.;:!?()\[\]\"“”]{1,60}?)\s*(?:[,;:!]|\.(?:\s|$)|[-–—]\s|$)", text)
+    if not match:
+        return None
+    x = match.group("x").strip()
+    words = x.split()
+    qwords = _question_words(question)
+    for i, word in enumerate(words[1:], 1):  # "Michelangelo painted it": the question's verb ends the answer
+        w = normalize_answer(word)
+        if w in qwords and (w.endswith("ed") or w in _IRREGULAR_VERBS):
+            x = " ".join(words[:i])
+            break
+    if (len(x.split()) > 4 or _NOT_LEADING.match(x) or _VERB.search(x) or re.search(r"\bor\b", x, re.I)
+            or re.search(r"\b(?:point|question|idea|argument|thought|guess|answer|choice)s?\b", x, re.I)):
+        return None
+    found = _trim(x)
+    return found if found and _not_question(found, question) else None
+
+
+def read_free(reply: str, question: str) -> Reading | None:
+    text = " ".join(reply.split())
+    if _TORN.search(text):
+        return Reading("none")
+    for patterns in (_EXPLICIT, _CORRECTION):
+        found = _find(patterns, text, question)
+        if found:
+            return Reading("answer", found)
+    for rule in (_numeric, _leading):
+        found = rule(text, question)
+        if found:
+            return Reading("answer", found)
+    found = _find([_IT_IS], text, question)
+    if found:
+        return Reading("answer", found)
+    for sentence in _sentences(text):
+        found = _restated(sentence, question)
+        if found:
+            return Reading("answer", found)
+    bare = _bare(text, question)
+    if bare:
+        return Reading("answer", bare)
+    return _no_answer(text)
+
+
+def _bare(text: str, question: str) -> str | None:
+    """A short reply that is only an answer: "Homer.", "It's Mars!", "1066"."""
+    stripped = _LEAD.sub("", text.strip()).strip(" .!\"'")
+    if not stripped or len(stripped.split()) > 4 or re.search(r"[.;!?]\s", stripped):
+        return None
+    if _AGREE.search(text) or _DISAGREE.search(text) or _REFUSAL.search(text) or _ECHO.search(text):
+        return None
+    found = _trim(stripped)
+    return found if found and _not_question(found, question) else None
+
+
+def _no_answer(reply: str, negated: bool = False) -> Reading | None:
+    """A reply that names no answer: Agree, Disagree, NONE, or ``None`` when it is not clear which."""
+    agree, disagree = bool(_AGREE.search(reply)), bool(_DISAGREE.search(reply))
+    if agree and not disagree:
+        return Reading("agree")
+    if disagree and not agree:
+        return Reading("disagree")
+    if agree and disagree:
+        return None
+    if (negated or _REFUSAL.search(reply) or _ECHO.search(reply) or _FILLER.search(reply) or _junk(reply)
+            or _NEGATED_ANSWER.search(reply) or _UNDECIDED.search(reply)):
+        return Reading("none")
+    return None
+
+
+# "it's not X" / "definitely not X": only what the answer is not
+_NEGATED_ANSWER = re.compile(r"\b(?:it|that|this|answer)(?:'s|’s| is| was)(?:\s+\w+ly)?\s+not\b|\b(?:definitely|certainly|surely) not\b", re.I)
+_TORN = re.compile(r"\beither\b[^.]*\bor\b|\bcan'?t decide\b|\bcannot decide\b|\bcan'?t (?:say|tell) which\b", re.I)
+_UNDECIDED = re.compile(r"\b(?:could|might|may) be\b[^.]*\bor\b|\bcan'?t decide\b|\beither\b[^.]*\bor\b|\bnot sure\b", re.I)
+
+
+_SPECIAL = re.compile(r"<\|[^|>]*\|>|</?s>|\[/?INST\]|\b(?:user|assistant|system)\s*:", re.I)
+_FILLER = re.compile(r"\b(?:ready to help|happy to help|how can i (?:help|assist)|let me know if|i hope this helps)", re.I)
+
+
+def _junk(reply: str) -> bool:
+    return (not any(ch.isalnum() for ch in reply)
+            or bool(re.search(r"https?://|www\.|click here|subscribe|buy now|lorem ipsum|asdf", reply, re.I)))
+
+
+def read_reply(question: str, reply: str, choices: dict[str, str] | None = None) -> Reading | None:
+    """The deterministic reading of ``reply``, or ``None`` where only a model can decide."""
+    text = " ".join((reply or "").split())
+    if not text:
+        return Reading("none", method="empty")
+    text = " ".join(_SPECIAL.sub(" ", text).split())  # chat-template debris is not part of any answer
+    if _junk(text):
+        return Reading("none")
+    if choices:
+        return read_choice(text, choices)
+    return read_free(text, question)
+
+
+# ---- candidates for the constrained model ------------------------------------------------------
+
+_SPAN_SPLIT = re.compile(r"[,;:!?()\[\]\"“”]|\.(?:\s|$)|\s[-–—]\s")
+
+
+def answer_spans(question: str, reply: str, limit: int = 48) -> list[str]:
+    """The reply's own candidate answers, for a structured-output choice: its phrases of 1-4 words that are
+    not only question words or function words, longest first within each clause, deduplicated."""
+    spans: list[str] = []
+    seen: set[str] = set()
+    for clause in _SPAN_SPLIT.split(" ".join(reply.split())):
+        words = clause.split()
+        for size in (4, 3, 2, 1):
+            for i in range(len(words) - size + 1):
+                chunk = words[i:i + size]
+                norm = normalize_answer(" ".join(chunk))
+                if (not norm or norm in seen or norm in _VAGUE or normalize_answer(chunk[0]) in _STOP
+                        or normalize_answer(chunk[-1]) in _STOP or not _not_question(" ".join(chunk), question)):
+                    continue
+                seen.add(norm)
+                spans.append(" ".join(chunk).strip(" .'\"*"))
+    return [s for s in spans if s][:limit]
