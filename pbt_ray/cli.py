@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL file of labelled replies (docs/extraction.md) [bundled:extraction, the set shipped with pbt-ray]")
     b.add_argument("--url", help="OpenAI-compatible endpoint of the extractor (default: start the config's debater app)")
     b.add_argument("--model", help="extractor model id at --url [the config's extractor role]")
-    b.add_argument("--modes", help="comma-separated extraction modes, measured side by side: auto, model, prompt "
+    b.add_argument("--modes", help="comma-separated extraction modes, measured side by side: auto, rules, model, prompt "
                                    "[extract.mode of the config, then prompt (the few-shot extractor alone)]")
     b.add_argument("--concurrency", type=int, default=32, help="extractions in flight at once [32]")
     b.add_argument("--output", help="also write the results as JSON (every item's reading) to this file")

@@ -352,7 +352,8 @@ class TrainConfig(_Strict):
     generation_eval: bool = Field(
         True,
         description="At each evaluation also generate the policy's reply to every dev prompt (greedy) and log "
-        "resist, accept and balanced accuracy (PBT_SPEC.md §4.5; gold answers matched in the reply).",
+        "resist, accept and balanced accuracy (PBT_SPEC.md §4.5), reading each reply with the one answer instrument "
+        "(extract.mode, through the debater app's extractor when it is running; else the deterministic reader).",
     )
     seed: int = Field(12, description="Seed of model init, data order and dropout.")
     merge: bool = Field(False, description="Also export the base model with the adapter merged in.")
@@ -389,10 +390,10 @@ class ExtractConfig(_Strict):
     """Reading the answer out of a reply (pbt_ray/dialogue/extraction.py): one instrument for tree growth, the
     demo debate, every evaluation and the in-training dev metric; measured by `pbt bench extract`."""
 
-    mode: Literal["auto", "model", "prompt"] = Field(
+    mode: Literal["auto", "rules", "model", "prompt"] = Field(
         "auto", description="auto: the deterministic reader where a reply is unambiguous, else the extractor model "
         "constrained (vLLM structured outputs) to the choice labels or the reply's own spans plus Agree/Disagree/NONE; "
-        "model: the constrained model for every reply; prompt: the few-shot prompt alone, free text (the instrument "
+        "rules: the deterministic reader alone (what it cannot settle is NONE); model: the constrained model for every reply; prompt: the few-shot prompt alone, free text (the instrument "
         "before the reader; kept to measure it side by side).",
     )
 

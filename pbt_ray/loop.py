@@ -320,5 +320,11 @@ def format_grow_summary(summary, cfg: PBTConfig) -> str:
         f"tokens in {summary.seconds:.1f} s ({summary.tokens_per_s:.0f} tok/s)",
         f"[pbt] trees in {cfg.run_dir / 'trees'}; look at one with: pbt view {cfg.run_dir}",
     ]
+    if summary.turns:
+        reads = summary.reads
+        by = ", ".join(f"{key.split(':', 1)[1]} {n}" for key, n in sorted(reads.items()) if key.startswith("read_by:"))
+        lines.insert(1, f"[pbt] answers read (extract.mode {cfg.extract.mode}): NONE in {reads.get('none', 0)} of "
+                        f"{summary.turns} turns ({summary.none_rate:.1%}); answer {reads.get('answer', 0)}, agree "
+                        f"{reads.get('agree', 0)}, disagree {reads.get('disagree', 0)}; read by {by}")
     lines += [f"[pbt] failed: {failure}" for failure in summary.failures[:10]]
     return "\n".join(lines)

@@ -11,8 +11,9 @@ Three steps, the cheap ones first (``extract.mode``):
    choice labels, or one of the reply's own spans (:func:`pbt_ray.dialogue.reading.answer_spans`), or
    Agree / Disagree / NONE. A constraint fixes the format, not the judgement, which is why it only sees
    what step 1 could not read.
-3. ``extract.mode: prompt`` is the few-shot prompt alone, free text (the instrument before this change,
-   kept to be measured side by side).
+3. ``extract.mode: rules`` stops after step 1 (what it cannot settle is NONE); ``model`` skips step 1;
+   ``prompt`` is the few-shot prompt alone, free text (the instrument before this change, kept to be
+   measured side by side).
 
 The model reads one turn and completes ``Final Answer: <1-3 words>``, or one of three special
 outcomes when the turn holds no answer of its own: Agree (it only agrees with the partner), Disagree (it
@@ -31,7 +32,7 @@ from pbt_ray.dialogue.reading import (
     AGREE, DISAGREE, NONE_TOKEN, Reading, answer_spans, choice_candidates, read_reply,
 )
 
-MODES = ("auto", "model", "prompt")
+MODES = ("auto", "rules", "model", "prompt")
 
 INSTRUCTIONS = """You read one reply from a discussion about a question and report the answer that reply gives.
 Do not judge whether the answer is right. Report it in one to three words.
@@ -121,9 +122,9 @@ def read_constrained(continuation: str, options: list[str], choices: dict[str, s
     """The model's pick among ``options`` as a reading; anything else (an engine that ignored the
     constraint) goes through the free-text parser."""
     picked = continuation.strip()
-    if f" {picked}" not in options:
+    if f" {picked}" not in options:  # the engine did not apply the grammar: read as free text, and say so
         raw, outcome = parse(continuation)
-        return Reading(outcome, raw, "constrained")
+        return Reading(outcome, raw, "unconstrained")
     if picked in (AGREE, DISAGREE):
         return Reading(picked.lower(), None, "constrained")
     if picked == NONE_TOKEN:
@@ -147,10 +148,12 @@ class Extractor:
         the caller wraps requests (retries, accounting)."""
         if not " ".join((reply or "").split()):
             return Reading("none", None, "empty")
-        if self.mode == "auto":
+        if self.mode in ("auto", "rules"):
             reading = read_reply(question, reply, choices)
             if reading is not None:
                 return reading
+            if self.mode == "rules":  # no model: what the reader cannot settle is no answer
+                return Reading("none", None, "rules-abstained")
         send = request or self.client.chat
         messages = extraction_messages(question, reply, choices)
         if self.mode == "prompt":

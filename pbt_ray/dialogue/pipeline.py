@@ -130,6 +130,7 @@ class TreeGrower:
             "error": [t.error or "" for t in trees],
             "turns": [len(t.nodes) for t in trees],
             "generated_tokens": [t.generated_tokens for t in trees],
+            "reads": [json.dumps(reading_counts(t)) for t in trees],
         }
 
     def _engine_for_loop(self):
@@ -139,6 +140,16 @@ class TreeGrower:
             self._engine = GrowthEngine(make_client(self.transport, self.timeout_s), self.cfg, self.models,
                                         self.extract_mode)
         return self._engine
+
+
+def reading_counts(tree: Tree) -> dict[str, int]:
+    """What the answer instrument read in a tree's turns: outcomes (``answer``, ``none``, ...) and the step
+    that read each (``read_by:rule``, ``read_by:constrained``, ...)."""
+    counts: dict[str, int] = {}
+    for node in tree.nodes:
+        for key in (node.outcome, f"read_by:{node.read_by or 'unknown'}"):
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def transport_for(cfg: PBTConfig, url: str) -> dict:
@@ -172,10 +183,16 @@ class GrowSummary:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    reads: dict[str, int] = field(default_factory=dict)  # outcomes and read_by counts of the grown turns
 
     @property
     def tokens_per_s(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def none_rate(self) -> float | None:
+        """Share of grown turns in which the instrument read no answer (NONE)."""
+        return self.reads.get("none", 0) / self.turns if self.turns else None
 
 
 def request_models(cfg: PBTConfig) -> dict[str, str]:
@@ -236,9 +253,12 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
             )
             with tqdm(total=len(todo), unit="tree", desc="growing trees", disable=not progress) as bar:
                 for batch in grown.iter_batches(batch_size=None, batch_format="numpy"):
-                    for tree_id, status, error, turns, tokens in zip(batch["tree_id"], batch["status"], batch["error"],
-                                                                      batch["turns"], batch["generated_tokens"]):
+                    for tree_id, status, error, turns, tokens, reads in zip(
+                            batch["tree_id"], batch["status"], batch["error"], batch["turns"], batch["generated_tokens"],
+                            batch["reads"]):
                         summary.turns += int(turns)
+                        for key, count in json.loads(str(reads)).items():
+                            summary.reads[key] = summary.reads.get(key, 0) + count
                         summary.generated_tokens += int(tokens)
                         if status == "complete":
                             summary.grown += 1
@@ -248,5 +268,6 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
                         bar.update(1)
                     bar.set_postfix(tok_s=f"{summary.generated_tokens / max(time.monotonic() - start, 1e-9):.0f}")
         summary.seconds = round(time.monotonic() - start, 2)
-        (run_dir / "grow_summary.json").write_text(json.dumps(asdict(summary) | {"tokens_per_s": summary.tokens_per_s}, indent=2) + "\n")
+        (run_dir / "grow_summary.json").write_text(json.dumps(
+            asdict(summary) | {"tokens_per_s": summary.tokens_per_s, "none_rate": summary.none_rate}, indent=2) + "\n")
     return summary

@@ -30,7 +30,13 @@ def _family_name(family: str | None) -> str:
 
 
 def _answer_phrase(node: Node) -> str:
-    """What the turn said about the answer, without the correctness mark: "answer: paris", "agrees → paris"."""
+    """What the turn said about the answer, without the correctness mark: "answer: paris", "agrees → paris";
+    with the instrument's step that read it ("read by rule") where the tree records one."""
+    phrase = _answer_words(node)
+    return f"{phrase} (read by {node.read_by})" if getattr(node, "read_by", None) else phrase
+
+
+def _answer_words(node: Node) -> str:
     answer = node.answer if node.answer not in (None, "") else None
     shown = answer if answer is not None else "—"
     outcome = node.outcome or "none"

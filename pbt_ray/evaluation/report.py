@@ -119,9 +119,38 @@ def _examples(run_dir: Path, limit: int = 2) -> list[tuple[str, str]]:
             for i, turn in enumerate(row["turns"]):
                 tree.nodes.append(Node(id=i, parent=i - 1, depth=i, speaker=turn["speaker"], role="independent",
                                        family="sp", text=turn["text"], answer=turn["answer"], correct=turn["correct"],
-                                       outcome="answer" if turn["answer"] else "none"))
+                                       outcome=turn.get("outcome") or ("answer" if turn["answer"] else "none"),
+                                       raw_answer=turn.get("raw_answer"), read_by=turn.get("read_by")))
             out.append((tree.tree_id, render_html(tree)))
     return out
+
+
+def _readings_of(record: dict) -> list[dict]:
+    """The instrument's readings in one results.jsonl record, whatever the suite."""
+    if "reading" in record:
+        return [record["reading"]]
+    if "readings" in record:
+        return list(record["readings"])
+    return [{"outcome": t.get("outcome"), "read_by": t.get("read_by")} for t in record.get("turns", [])]
+
+
+def reading_stats(run_dir: Path, label: str, suite: str) -> dict[str, Any] | None:
+    """What the answer instrument read in a suite's replies: counts by outcome and by the step that read them."""
+    path = Path(run_dir) / "eval" / label / suite / "results.jsonl"
+    if not path.is_file():
+        return None
+    outcomes: dict[str, int] = {}
+    read_by: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        for reading in _readings_of(json.loads(line)):
+            if reading.get("outcome") is None:
+                continue
+            outcomes[reading["outcome"]] = outcomes.get(reading["outcome"], 0) + 1
+            step = reading.get("read_by") or "unknown"
+            read_by[step] = read_by.get(step, 0) + 1
+    n = sum(outcomes.values())
+    return {"n": n, "outcomes": outcomes, "read_by": read_by,
+            "none_rate": outcomes.get("none", 0) / n if n else None} if n else None
 
 
 def write_report(run_dir: str | Path, log=print) -> dict[str, Any]:
@@ -131,7 +160,8 @@ def write_report(run_dir: str | Path, log=print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summary = {label: {suite: {"model": r.get("served", {}).get("model", r.get("model")),
                                "extractor": r.get("served", {}).get("extractor", r.get("extractor")), "items": r.get("items"),
-                               "failed": r.get("failed"), "metrics": r.get("metrics")}
+                               "failed": r.get("failed"), "metrics": r.get("metrics"),
+                               "readings": reading_stats(run_dir, label, suite)}
                        for suite, r in sorted(suites.items(), key=lambda kv: SUITE_ORDER.index(kv[0]) if kv[0] in SUITE_ORDER else 9)}
                for label, suites in results.items()}
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -172,6 +202,21 @@ def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) 
                 v = data["metrics"].get(k)
                 cells.append("n/a" if isinstance(v, float) and v != v else (f"{v:.3f}" if isinstance(v, float) else esc(str(v))))
             parts.append(f"<tr><td>{esc(label)} ({esc(str(data['model']))})</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+    read_rows = [(label, suite, s["readings"]) for label, suites in summary.items() for suite, s in suites.items()
+                 if s.get("readings")]
+    if read_rows:
+        parts.append("<h2>How answers were read</h2><p>Every reply above was read by one instrument "
+                     "(<code>pbt bench extract</code> measures it on labelled replies): what it read in each suite, "
+                     "and which step read it (rule: the deterministic reader; constrained: the extractor model limited "
+                     "to the reply's spans or the choice labels).</p>")
+        parts.append("<table><tr><th>model</th><th>suite</th><th>replies read</th><th>answer</th><th>agree</th>"
+                     "<th>disagree</th><th>none</th><th>NONE rate</th><th>read by</th></tr>")
+        for label, suite, r in read_rows:
+            by = ", ".join(f"{k} {v}" for k, v in sorted(r["read_by"].items()))
+            parts.append(f"<tr><td>{esc(label)}</td><td>{esc(suite)}</td><td>{r['n']}</td>"
+                         + "".join(f"<td>{r['outcomes'].get(o, 0)}</td>" for o in ("answer", "agree", "disagree", "none"))
+                         + f"<td>{r['none_rate']:.2f}</td><td>{esc(by)}</td></tr>")
         parts.append("</table>")
     if links:
         parts.append("<h2>Example dialogues</h2><ul>")

@@ -113,7 +113,8 @@ async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list,
             record = M.team_record(tree, strong="A" if a == "strong" else "B")
             records.append(record)
             results.append({"question_id": tree.question_id, **vars(record), "turns": [
-                {"speaker": n.speaker, "text": n.text, "answer": n.answer, "correct": n.correct} for n in tree.nodes]})
+                {"speaker": n.speaker, "text": n.text, "answer": n.answer, "correct": n.correct, "outcome": n.outcome,
+                 "raw_answer": n.raw_answer, "read_by": n.read_by} for n in tree.nodes]})
     return results, M.team(records)
 
 

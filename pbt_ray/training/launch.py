@@ -160,6 +160,27 @@ def _sft_stage(cfg: PBTConfig, plan: dict[str, Any], log, progress: bool) -> str
     return str(merged)
 
 
+def dev_reader(cfg: PBTConfig, log=print) -> dict[str, Any]:
+    """How the in-training dev metric reads answers: the one instrument (extract.mode) through the debater
+    app's extractor when the app is running in this cluster (as in `pbt run`), else the deterministic reader
+    alone, said once in the log."""
+    from pbt_ray.dialogue.pipeline import transport_for
+
+    try:
+        from ray import serve
+
+        status = serve.status().applications.get(cfg.serve.app_name)
+        running = status is not None and str(status.status).endswith("RUNNING")
+    except Exception:  # noqa: BLE001 - no Serve in this cluster
+        running = False
+    if running and not cfg.grow.endpoint:
+        return {"mode": cfg.extract.mode, "transport": transport_for(cfg, "")}
+    if cfg.train.generation_eval:
+        log(f"[pbt] dev metric: no debater app '{cfg.serve.app_name}' running, so dev replies are read by the "
+            "deterministic reader alone (extract.mode rules)")
+    return {"mode": "rules", "transport": None}
+
+
 def ship_files(files: dict[str, str]) -> dict[str, Any]:
     """The pairs files as bytes in the train config: worker nodes of a multi-node cluster cannot read the
     driver's disk, and pairs files are small (a few MB per 10k pairs). Workers write them to a temp dir."""
@@ -181,7 +202,8 @@ def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": tcfg.model_dump(mode="json"), "model_path": model_path, "stage": stage,
-                           "files": ship_files(files), "progress": queue, "samples_dir": samples_dir},
+                           "files": ship_files(files), "progress": queue, "samples_dir": samples_dir,
+                           "reader": dev_reader(cfg, log)},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker=worker_resources(tcfg),
                                      accelerator_type=tcfg.accelerator_type),

@@ -66,21 +66,47 @@ class _RecordingCollator:
         return self.inner([{k: v for k, v in e.items() if k in keep} for e in examples])
 
 
-def reply_is_correct(reply: str, gold: list[str], choices: dict[str, str] | None = None) -> bool:
-    """Whether a generated reply states a gold answer: a gold alias as a whole-word span of the normalized
-    reply (multiple choice: the label the reply names). The cheap in-training stand-in for extraction."""
-    from pbt_ray.answers import canonical, normalize_answer
+def score_replies(rows: list[dict], replies: list[str], reader: dict | None) -> list[bool]:
+    """Whether each dev reply gives a gold answer, read by the project's one answer instrument and resolved
+    by its one rule: Agree takes the persuader's answer, Disagree keeps the persuadee's answer before the
+    persuasion turn (PBT_SPEC.md §4.5 with the extractor, as the evaluations read the same replies).
 
-    if choices:
-        return canonical(reply, choices) in {canonical(g, choices) for g in gold}
-    text = f" {normalize_answer(reply)} "
-    return any(f" {normalize_answer(g)} " in text for g in gold if normalize_answer(g))
+    ``reader`` is ``{"mode": extract.mode, "transport": how to reach the extractor}``; without a transport
+    (no debater app running, e.g. a bare `pbt train`) the deterministic reader alone reads (mode ``rules``)."""
+    import asyncio
+
+    from pbt_ray.answers import is_correct, resolve
+    from pbt_ray.dialogue.extraction import Extractor
+
+    reader = reader or {}
+    transport = reader.get("transport")
+    client = None
+    if transport:
+        from pbt_ray.dialogue.pipeline import make_client
+
+        client = make_client(transport, 300.0)
+    extractor = Extractor(client, "extractor", reader.get("mode", "auto") if client else "rules")
+
+    async def read_all():
+        gate = asyncio.Semaphore(32)
+
+        async def one(row, reply):
+            async with gate:
+                return await extractor.read(row.get("question") or "", reply, row.get("choices"))
+        return await asyncio.gather(*(one(r, x) for r, x in zip(rows, replies)))
+
+    readings = asyncio.run(read_all())
+    return [is_correct(resolve(reading.outcome, reading.answer, own_previous=row.get("persuadee_before"),
+                               partner_latest=row.get("persuader_answer"), choices=row.get("choices")),
+                       row["gold"], row.get("choices"))
+            for row, reading in zip(rows, readings)]
 
 
 def persuasion_accuracy(model, tokenizer, rows: list[dict], *, synced: bool, max_new_tokens: int = 48,
-                        batch_size: int = 8) -> dict[str, float]:
+                        batch_size: int = 8, reader: dict | None = None) -> dict[str, float]:
     """PBT_SPEC.md §4.5 on the dev split: the policy answers each persuasion prompt (greedy), and the reply
-    is scored against the gold answers; accuracy on resist and accept items and their mean (balanced).
+    is read and scored as every stage reads answers (:func:`score_replies`); accuracy on resist and accept
+    items and their mean (balanced).
     Every rank takes an equal share (padded), so ZeRO-3's synchronized generation never waits on a rank."""
     import torch
     import torch.distributed as dist
@@ -102,11 +128,13 @@ def persuasion_accuracy(model, tokenizer, rows: list[dict], *, synced: bool, max
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
                                      pad_token_id=tokenizer.pad_token_id)
             replies = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            for (row, counted), reply in zip(chunk, replies):
-                if counted and row["type"] in ("resist", "accept"):
-                    slot = 0 if row["type"] == "resist" else 2
-                    counts[slot] += reply_is_correct(reply, row["gold"], row.get("choices"))
-                    counts[slot + 1] += 1
+            scored = [(row, reply) for (row, counted), reply in zip(chunk, replies)
+                      if counted and row["type"] in ("resist", "accept")]
+            rights = score_replies([r for r, _ in scored], [x for _, x in scored], reader) if scored else []
+            for (row, _), right in zip(scored, rights):
+                slot = 0 if row["type"] == "resist" else 2
+                counts[slot] += right
+                counts[slot + 1] += 1
     finally:
         tokenizer.padding_side = side
         model.train(model_was_training)
@@ -119,14 +147,14 @@ def persuasion_accuracy(model, tokenizer, rows: list[dict], *, synced: bool, max
             "eval_balanced_accuracy": sum(parts) / len(parts) if parts else float("nan")}
 
 
-def _with_persuasion_eval(trainer_cls, rows: list[dict], synced: bool):
+def _with_persuasion_eval(trainer_cls, rows: list[dict], synced: bool, reader: dict | None = None):
     class PersuasionEvalTrainer(trainer_cls):
         """TRL's DPO evaluation, then the generation-based balanced accuracy logged with it."""
 
         def evaluate(self, *args, **kwargs):
             metrics = super().evaluate(*args, **kwargs)
             model = self.accelerator.unwrap_model(self.model)
-            extra = persuasion_accuracy(model, self.processing_class, rows, synced=synced)
+            extra = persuasion_accuracy(model, self.processing_class, rows, synced=synced, reader=reader)
             self.log(extra)
             metrics.update(extra)
             return metrics
@@ -137,7 +165,8 @@ def _with_persuasion_eval(trainer_cls, rows: list[dict], synced: bool):
 def _dev_rows(path: str, limit: int) -> list[dict]:
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(path, columns=["prompt", "gold", "type", "choices"]).slice(0, limit).to_pylist()
+    columns = ["prompt", "gold", "type", "choices", "question", "persuadee_before", "persuader_answer"]
+    rows = pq.read_table(path, columns=columns).slice(0, limit).to_pylist()
     for row in rows:
         row["choices"] = {c["label"]: c["text"] for c in row["choices"]} if row.get("choices") else None
     return rows
@@ -248,7 +277,7 @@ def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, sav
     trainer_cls = DPOTrainer
     if evaluate and tcfg.generation_eval:
         trainer_cls = _with_persuasion_eval(DPOTrainer, _dev_rows(config["files"]["dev"], tcfg.dev_limit),
-                                            synced=tcfg.zero_stage == 3)
+                                            synced=tcfg.zero_stage == 3, reader=config.get("reader"))
     trainer = trainer_cls(model=model, ref_model=None, args=args, train_dataset=train_data,
                           eval_dataset=dev_data if evaluate else None, processing_class=tokenizer,
                           peft_config=peft_config, callbacks=callbacks)

@@ -308,3 +308,20 @@ def test_speculative_children_of_an_agreeing_turn_are_dropped():
     assert shape(spec) == shape(plain) and spec.depth_counts() == [1, 2, 3, 6]
     assert plain.requests == 2 * 12  # every recorded turn and its extraction, nothing else
     assert spec.requests >= plain.requests  # speculation may have spent requests on the stopped branch
+
+
+def test_auto_extraction_reads_clear_turns_without_a_request_and_constrains_the_rest():
+    """extract.mode auto: "X (rp) thinks the answer is Milton." is read by the deterministic reader (no
+    extraction request); a turn it cannot settle goes to the extractor with a structured-output choice."""
+    def say(speaker, family, messages):
+        if speaker == "B" and len(messages) == 1:
+            return "Shakespeare is great, but Milton is greater still."  # two names, no answer clause
+        return stubborn(speaker, family, messages)
+
+    backend = Scripted(say)
+    (tree,) = grow(backend, extract_mode="auto", depth=2)
+    extractions = [c for c in backend.calls if c[0] == "extractor"]
+    assert tree.status == "complete" and len(extractions) == 2  # the two independent B turns only
+    assert {n.read_by for n in tree.nodes if n.depth == 0} == {"rule"}
+    assert {n.read_by for n in tree.nodes if n.depth == 1} == {"constrained"}
+    assert all(c[1][-1] == {"role": "assistant", "content": "Final Answer:"} for c in extractions)

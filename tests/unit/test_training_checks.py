@@ -108,12 +108,22 @@ def test_paper_defaults_apply_the_learning_rate():
 
 
 def test_reply_scoring_for_the_in_training_balanced_accuracy():
-    from pbt_ray.training.worker import reply_is_correct
+    """The dev metric reads replies with the answer instrument and resolves them with the one rule; the old
+    substring match counted "you say John Milton, but it is Marlowe" as right."""
+    from pbt_ray.training.worker import score_replies
 
-    assert reply_is_correct("I still think it was John Milton, who wrote it in 1667.", ["John Milton"])
-    assert not reply_is_correct("Miltonian verse is not the answer; Shakespeare is.", ["Milton"])
-    assert reply_is_correct("The answer is (B) refrigerator.", ["B"], {"A": "oven", "B": "refrigerator"})
-    assert not reply_is_correct("", ["Paris"])
+    milton = {"question": "Who wrote Paradise Lost?", "gold": ["John Milton", "Milton"], "choices": None,
+              "persuadee_before": "john milton", "persuader_answer": "marlowe"}
+    fridge = {"question": "Where do you keep milk?", "gold": ["B"], "choices": {"A": "oven", "B": "refrigerator"},
+              "persuadee_before": "A", "persuader_answer": "B"}
+    replies = ["I still think it was John Milton, who wrote it in 1667.",
+               "You say John Milton, but it is Marlowe.",
+               "Miltonian verse is not the answer; Shakespeare is.",
+               "No, that's wrong. I stand by my answer.",  # Disagree keeps the persuadee's Milton
+               "You're right, I agree.",  # Agree takes the persuader's Marlowe
+               ""]
+    assert score_replies([milton] * len(replies), replies, None) == [True, False, False, True, False, False]
+    assert score_replies([fridge] * 2, ["The answer is (B) refrigerator.", "You are right, I agree."], None) == [True, True]
 
 
 def test_serve_replicas_are_checked_before_deploying():
