@@ -47,12 +47,14 @@ _NEG_BEFORE = re.compile(
     r"|\byour (?:answer|choice|pick|suggestion)(?: of)?|\bthe other agent(?:'s)?(?: answer)?(?: of)?"
     r"|\b(?:many|some|most) (?:people )?(?:say|think|believe|would say|might say|assume|guess)"
     r"|\bpeople (?:often )?(?:say|think|believe|assume)|\bmight think|\bmay think|\bcould think|\bmistake\w* for"
-    r"|\bconfuse\w*(?: it)? with|\bi (?:first|originally|initially) (?:thought|said|chose|picked)|\bnot (?:be|the))"
+    r"|\bconfuse\w*(?: it)? with|\bi (?:first|originally|initially) (?:thought|said|chose|picked)|\bnot (?:be|the)"
+    r"|\b(?:might|would|could|may) argue for|\bgo for|\bnobody|\bno one|\bnothing|\bneither|\bnor)"
     r"[^.;!?]{0,24}$",
     re.I,
 )
 _NEG_AFTER = re.compile(
-    r"^[\s\"')\]]*(?:,\s*)?(?:is|was|would be|seems|sounds)?\s*(?:not\b|wrong|incorrect|unlikely|a mistake|a common mistake"
+    r"^[\s\"')\]]*(?:,\s*)?(?:is|was|would be|seems|sounds)?\s*(?:just\s+|simply\s+|clearly\s+)?(?:not\b|wrong|incorrect|unlikely|a mistake|a common mistake"
+    r"|silly|absurd|ridiculous|nonsense|impossible|out\b|ruled out|no good|useless|pointless"
     r"|doesn't|does not|isn't|can't|cannot|makes no sense|is a myth|are wrong)",
     re.I,
 )
@@ -60,7 +62,8 @@ _POS_BEFORE = re.compile(
     r"(?:\banswer\s*(?:is|was|would be|must be|should be|remains|:)|\bi (?:choose|chose|pick|picked|select|go with|'ll go with"
     r"|will go with|would go with|stick with|stand by|say|'d say|would say|believe it'?s|think it'?s)|\bgo with|\bit(?:'s| is| must be"
     r"| would be| should be)|\bdefinitely|\bclearly|\bcorrect (?:choice|option|one) is|\bbest (?:choice|option|answer) is"
-    r"|\bmost likely|\bwould most likely|\bmy (?:answer|choice|pick)(?: is|:)?)(?:\s+(?:the|a|an|with|for|on|in))?\s*[:\-]?\s*$",
+    r"|\bmost likely|\bwould most likely|\bmy (?:answer|choice|pick)(?: is|:)?|\bso|\bthat(?:'s| is)|\bobviously|\bsurely|\bcertainly)"
+    r"(?:\s+(?:the|a|an|with|for|on|in))?\s*[:\-]?\s*$",
     re.I,
 )
 _AGREE = re.compile(
@@ -68,7 +71,8 @@ _AGREE = re.compile(
     r"|i stand corrected|you make a (?:good|fair|great|valid) point|good point|fair point|that makes sense"
     r"|i(?:'ll| will) go with your|i(?:'ll| will) (?:go along|change my answer)|(?<!think )your answer is (?:right|correct)"
     r"|i was wrong|i see your point|i'm convinced|i am convinced|i concede|exactly what you said|on board with"
-    r"|you got it|same as you|as you said|the other agent(?:'s answer)? is (?:right|correct)|their answer is (?:right|correct)|you(?:'ve| have) changed my mind|i(?:'ll| will) take your)",
+    r"|you got it|same as you|as you said|defer to you|well said|count me in|(?:that|this)(?:'s| is) (?:correct|right)(?!\s+\w)|you(?:'re| are) correct"
+    r"|(?<!n't think )(?<!not think )your (?:letter|choice|pick|option) is (?:the )?(?:right|correct)|(?<!n't )(?<!not )\b(?:totally |completely |fully |absolutely )agree\b|the other agent(?:'s answer)? is (?:right|correct)|their answer is (?:right|correct)|you(?:'ve| have) changed my mind|i(?:'ll| will) take your)",
     re.I,
 )
 _DISAGREE = re.compile(
@@ -79,11 +83,13 @@ _DISAGREE = re.compile(
     r"|i keep my|(?:i'?m|i am) keeping my|hold my ground|that can'?t be right|that cannot be right|\bdisagree\b|doesn'?t convince me|does not convince me"
     r"|not convincing|unconvinc|not changing my (?:mind|answer)|still think my|(?:my|mine) (?:original |own |first )?"
     r"(?:answer|response)? ?(?:is still|still holds|holds|stands|is right)|stick with my|yours (?:doesn'?t|does not|is not|isn'?t)"
-    r"|(?:don'?t|do not) think (?:your|that|this)|not persuaded|won'?t budge|i(?:'m| am) not moving)",
+    r"|(?:don'?t|do not) think (?:your|that|this|option|choice|the other)|not persuaded|won'?t budge|i(?:'m| am) not moving"
+    r"|the other agent (?:is|has (?:this|it|that)(?: one)?) (?:wrong|mistaken)|other agent is mistaken|is simply wrong|can'?t be (?:right|correct)"
+    r"|not buying|\bnope\b|no way|come on\b|the choice you made|(?:your|their|the other agent'?s?) (?:answer|choice|pick) (?:is|was) (?:simply |just )?wrong)",
     re.I,
 )
 _REFUSAL = re.compile(
-    r"\b(?:i (?:can'?t|cannot|am unable to|'m unable to|won'?t) (?:answer|help|say|tell|determine|know)|i don'?t know"
+    r"\b(?:i (?:can'?t|cannot|am unable to|'m unable to|won'?t) (?:answer|help|say|tell|determine|know)|i (?:\w+ )?don'?t know"
     r"|i do not know|as an ai|i'?m not sure|i am not sure|hard to say|impossible to (?:say|know|tell)|no way to know"
     r"|could be (?:any|many)|i have no idea)",
     re.I,
@@ -101,13 +107,19 @@ _ECHO = re.compile(
 # ---- multiple choice ---------------------------------------------------------------------------
 
 _LABEL_PATTERNS = [
-    re.compile(r"\(([A-Z])\)"),  # (B)
+    re.compile(r"\(([A-Za-z])\)"),  # (B), (b)
     re.compile(r"(?<![A-Za-z0-9(])([A-Z])\)"),  # B)
-    re.compile(r"(?i:\b(?:option|choice|letter|answer)\s*(?:is\s*|would be\s*|:\s*|#\s*)?)\(?([A-Z])\b(?![''’]\w)(?!\s+[a-z]+\s+(?:is|was)\b)"),
-    re.compile(r"(?:^|(?<=[.!?]\s))([A-Z])(?:[.:]|\s*[-–—]\s)"),  # "B. refrigerator" / "B - bed" at a sentence start
-    re.compile(r"^([A-Z])[.!]?$"),  # the bare label
-    re.compile(r"(?i:\b(?:choose|chose|pick|picked|select|go with|say|is|it's|it’s|be))\s+\(?([A-Z])\)?(?=\s*(?:[.,;:!]|$|\s(?:because|since|as|as it|-|–)\b))"),
+    re.compile(r"(?i:\b(?:option|choice|letter|answer)\s*(?:is\s*(?:really\s*|definitely\s*|clearly\s*|actually\s*|obviously\s*|surely\s*)?"
+               r"|would be\s*|:\s*|=\s*|#\s*)?)\(?([A-Za-z])\b(?![''’]\w)(?!\s+[a-z]+\s+(?:is|was)\b)"),
+    re.compile(r"(?:^|(?<=[.!?;]\s))([A-Z])(?:[.:]|\s*[-–—]\s|\s+(?=(?:is|was|would be|seems|sounds)\b))"),  # "B. bed", "B - bed", "A is right"
+    re.compile(r"^\W*([A-Za-z])\W*$"),  # the bare label
+    re.compile(r"(?i:\b(?:choose|chose|pick|picked|select|go with|say|is|it's|it’s|that's|be|definitely|clearly|obviously|surely"
+               r"|certainly|probably|so))\s+\(?([A-Z])\)?(?=\s*(?:[.,;:!)]|$|\s(?:because|since|as|as it|-|–|—|and)\b|\s[-–—]))"),
 ]
+_ORDINALS = {"first": 0, "second": 1, "third": 2, "fourth": 3, "fifth": 4, "last": -1}
+_ORDINAL = re.compile(r"\b(?:the\s+)?(first|second|third|fourth|fifth|last)\s+(?:option|choice|one|answer)\b", re.I)
+_POS_AFTER = re.compile(r"^[\s\"')\]]*(?:,\s*)?(?:is|was|would be|seems|must be)\s+(?:the\s+)?(?:right|correct|best|answer|only (?:real |sensible |"
+                        r"logical )?(?:option|answer|choice|one)|one)\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -127,7 +139,7 @@ def _stance(text: str, start: int, end: int) -> tuple[bool, bool]:
     sentence_end = re.search(r"[.!?]", text[end:])
     asked = sentence_end is not None and sentence_end.group(0) == "?"  # "A sink or an oven? No: ..." asserts neither
     negative = bool(_NEG_BEFORE.search(clause) or _NEG_AFTER.match(after) or asked)
-    positive = bool(_POS_BEFORE.search(clause)) and not negative
+    positive = bool(_POS_BEFORE.search(clause) or _POS_AFTER.match(after)) and not negative
     return negative, positive
 
 
@@ -148,6 +160,11 @@ def choice_mentions(reply: str, choices: dict[str, str]) -> list[_Mention]:
             letter = match.group(1).upper()
             if letter in labels:
                 found.append((labels[letter], match.start(1), match.end(1)))
+    for match in _ORDINAL.finditer(reply):  # "the second option"
+        order = list(choices)
+        index = _ORDINALS[match.group(1).lower()]
+        if -len(order) <= index < len(order):
+            found.append((order[index], match.start(), match.end()))
     by_label = {(label, start) for label, start, _ in found}
     spans: list[tuple[str, int, int]] = []
     for label, text in choices.items():
@@ -219,7 +236,8 @@ _BOUNDARY = re.compile(
     r"|with (?:its|a|an|the|his|her|their)|known|located|famous|considered|making|being|having|also|too|for sure|for certain"
     r"|without a doubt|i(?:'m| am)|i think|i believe|i know|you|we|for (?:the|a|its|his|her|their|this|that) )"
     r"|\s(?:in|on|at|from|around|about|during|of|by|is|was|are|were|has|had|did|does)\s(?=\d|the year|about|around|roughly|approximately)"
-    r"|\s(?:is|was|are|were|has|have|had|did|does|will|would|can|could|stepped|came|took|won|made|became|wrote|invented)\b)",
+    r"|\s(?:is|was|are|were|has|have|had|did|does|will|would|can|could|stepped|came|took|won|made|became|wrote|invented)\b"
+    r"|\s(?:yes|no|yeah|ever|even|ever since|for)\s|\s(?:at|in|from|near|during|after|before)\s(?=(?-i:[A-Z])))",
     re.I,
 )
 _LEAD = re.compile(
@@ -243,6 +261,11 @@ _EXPLICIT = [
     re.compile(r"\b(?:the\s+)?(?:final|correct|right|true|real|actual|only|best)?\s*answer\s*(?:here\s+|to\s+(?:this|the|that|your|my|our)\s+"
                r"(?:trivia\s+)?question\s*)?(?:is|was|would be|must be|should be|remains|:)\s+(?!not\b|never\b)(?P<x>.+)", re.I),
     re.compile(r"\bmy (?:final )?(?:answer|guess|choice|pick|vote)\s*(?:is|remains|stays|:)\s+(?!not\b)(?P<x>.+)", re.I),
+    re.compile(r"\b(?:goes|went|belongs|belonged|is awarded|was awarded|is credited|was credited|is given|was given)\s+to\s+(?P<x>.+)", re.I),
+    re.compile(r"\b(?:was|were|is|are)\s+won\s+by\s+(?P<x>.+)", re.I),
+    re.compile(r"\bnothing\s+(?:\w+\s+){0,3}?(?:beats|tops|comes close to|is harder than|is bigger than)\s+(?P<x>.+)", re.I),
+    re.compile(r"\b(?:you(?:'d| would)|we(?:'d| would)?) (?:say|call it)\s+(?P<x>.+)", re.I),
+    re.compile(r"\b(?:is|are) called\s+(?P<x>.+)", re.I),
     re.compile(r"\bi(?:'ll| will| would|'d)? (?:go with|choose|pick|stick with|stay with|stand by|vote for|settle on|say)\s+"
                r"(?!your\b|my\b|that\b|it\b|what\b|mine\b|this\b|the same\b|so\b|yes\b|no\b)(?P<x>.+)", re.I),
 ]
@@ -252,7 +275,7 @@ _CORRECTION = [
     re.compile(r"\b(?:wrong|mistaken|incorrect|not right|not correct)[;:,.!]?\s*(?:-\s*)?(?:it(?:'s| is| was)|the answer is)\s+(?!not\b)(?P<x>.+)", re.I),
 ]
 _IT_IS = re.compile(
-    r"(?:^|[.;:!?,]\s*|\b(?:think|believe|sure|confident|certain|know|say|right|agree|yes|no)\s*(?:that\s+)?[,:]?\s*)"
+    r"(?:^|[.;:!?,]\s*(?:and\s+|so\s+|but\s+)?|\b(?:think|believe|sure|confident|certain|know|say|right|agree|yes|no)\s*(?:that\s+)?[,:]?\s*)"
     r"(?:it|that|the answer)(?:'s|’s| is| was| must be| would be| should be| has to be| might be| may be| could be)"
     r"\s+(?!not\b|never\b)(?P<x>.+)",
     re.I,
@@ -276,6 +299,8 @@ def _trim(candidate: str) -> str | None:
     words = text.split()
     if len(words) > 6:
         return None
+    if re.match(r"\w+ed\s+(?:into|by|in|to|with|from|as|at|for|on|off|out|up|down)\b", text, re.I):
+        return None  # "turned into sugar": a predicate, not an answer
     norm = normalize_answer(text)
     if not norm or norm in _VAGUE or all(w in _STOP for w in norm.split()):
         return None
@@ -290,7 +315,7 @@ _META = re.compile(
     r"(?:^|\s)(?:question|questions|answer|answers|example|story|topic|puzzle|riddle|challenge|point|idea|argument"
     r"|response|appeal|reasoning|logic|explanation|mistake|opinion|discussion|conversation|agent|reply|matter|problem"
     r"|incorrect|inaccurate|accurate|correct|right|wrong|true|false|sure|certain|ready|happy|glad|sorry|help|assist"
-    r"|about|like|why|how|what|which|whether|because|classic|choice|option|options|subject)(?:\s|$)|\sone$|^(?:for|from|with|in|on|at|to|of|as|by|into|over|under)\s",
+    r"|about|like|why|how|what|which|whether|because|classic|choice|option|options|subject)(?:\s|$)|(?:^|\s)one$|^(?:for|from|with|in|on|at|to|of|as|by|into|over|under)\s",
 )
 
 
@@ -313,19 +338,31 @@ def _sentences(reply: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+", reply.strip()) if s]
 
 
-def _restated(sentence: str, question: str) -> str | None:
+def _restated_forward(sentence: str, question: str) -> str | None:
+    """"<the question restated> is/was X" -> X: the strongest clue after an explicit answer clause."""
+    return _restated(sentence, question, forward_only=True)
+
+
+def _restated(sentence: str, question: str, forward_only: bool = False) -> str | None:
     """"<question restated> is/was/are X" -> X; "X <question verb phrase>" -> X; "... by X" for "who" questions."""
     qwords = _question_words(question)
     if not qwords:
         return None
-    copulas = list(re.finditer(r"\b(?:is|was|are|were|equals|remains|became|lies)\s+(?!not\b|never\b)", sentence, re.I))
+    copulas = list(re.finditer(r"\b(?:is|was|are|were|has been|have been|had been|equals|remains|became|lies)\s+(?!not\b|never\b)",
+                               sentence, re.I))
     for match in copulas:  # "the capital of Egypt is Cairo": the answer follows the restated question
-        head = {w for w in normalize_answer(sentence[:match.start()]).split() if w not in _STOP}
+        head_clause = re.split(r"[,;:]|\b(?:so|and|but|because|since|while|whereas)\b", sentence[:match.start()], flags=re.I)[-1]
+        head = {w for w in normalize_answer(head_clause).split() if w not in _STOP}
         tail = sentence[match.end():]
+        tail_words = [w for w in normalize_answer(_trim_clause(tail)).split() if w not in _STOP]
+        if tail_words and sum(w in qwords for w in tail_words) * 2 >= len(tail_words):
+            continue  # "... is home to wild kangaroos": the tail restates the question
         if head & qwords:
             found = _trim(re.sub(r"^(?:\w+ed|written|built|drawn|made|sung|won|given|known|seen|taken)\s+by\s+", "", tail, flags=re.I))
             if found and _not_question(found, question):
                 return found
+    if forward_only:
+        return None
     for match in copulas:
         head_text, tail = sentence[:match.start()], sentence[match.end():]
         tail_words = {w for w in normalize_answer(_trim_clause(tail)).split() if w not in _STOP}
@@ -344,7 +381,8 @@ def _restated(sentence: str, question: str) -> str | None:
         if place and _not_question(place.group("x"), question):
             return place.group("x")
     if wh and wh.group(0).strip().lower() == "who":
-        by = re.search(r"\bby\s+(?P<x>.+)", sentence, re.I)
+        by = re.search(r"\b(?:\w+ed|written|built|drawn|made|sung|won|held|run|led|founded|shown|known|begun)\s+"
+                       r"(?:\w+\s+){0,3}?by\s+(?P<x>.+)", sentence, re.I)
         if by:
             found = _trim(by.group("x"))
             if found and _not_question(found, question):
@@ -382,7 +420,9 @@ def _find(patterns, reply: str, question: str) -> str | None:
     for pattern in patterns:
         for match in pattern.finditer(reply):
             start = match.start("x")
-            if _NEG_BEFORE.search(reply[max(0, start - 30):start]) and not re.search(r"\bbut\b[^.]*$", reply[max(0, start - 30):start], re.I):
+            window = reply[max(0, start - 30):start]
+            negated = _NEG_BEFORE.search(window) and not re.search(r"\bbut\b[^.]*$", window, re.I)
+            if negated and not re.search(r"\bnothing\b", reply[match.start():start], re.I):  # "nothing beats X" asserts X
                 continue
             found = _trim(match.group("x"))
             if found and re.search(r"\bor\b", found, re.I):
@@ -401,7 +441,10 @@ _NUMERIC_Q = re.compile(
 _NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
                  "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand "
                  "million billion dozen").split()
-_NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+(?:\.\d+)?|(?:" + "|".join(_NUMBER_WORDS) + r"))(?![\w])", re.I)
+_TENS = "twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety"
+_NUMBER = re.compile(r"(?<![\w.,])(?<!this )(?<!that )(?<!which )(?<!each )(?<!every )(?<!the )(?<!any )(?<!no )"
+                     r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+(?:\.\d+)?|(?:" + _TENS + r")-(?:one|two|three|four|five|six|seven|eight|nine)"
+                     r"|(?:" + "|".join(_NUMBER_WORDS) + r"))(?![\w-])", re.I)
 
 
 def _numeric(text: str, question: str) -> str | None:
@@ -420,7 +463,9 @@ _NOT_LEADING = re.compile(
     r"(?:i|you|we|they|it|he|she|this|that|there|my|your|our|as|if|when|well|yes|no|nope|hmm+|oh|ok|okay|so|please|actually"
     r"|honestly|sure|great|good|interesting|what|who|why|how|where|which|let's|let|whatever|because|since|although|though"
     r"|while|in|on|at|for|with|from|to|by|of|and|but|or|not|i'm|i'd|i've|it's|that's|thanks|thank|hello|hi|wow|indeed"
-    r"|absolutely|exactly|certainly|definitely|of course|right|correct|wrong|true|false|agreed|disagree|sorry|alas|hey)\b",
+    r"|absolutely|exactly|certainly|definitely|of course|right|correct|wrong|true|false|agreed|disagree|sorry|alas|hey"
+    r"|despite|unlike|according|after|before|during|given|considering|regarding|alright|fine|nope|yeah|yep|great|nice"
+    r"|wait|look|listen|first|second|finally|then|also|however|besides|instead)\b",
     re.I,
 )
 _VERB = re.compile(r"\b(?:is|was|are|were|be|been|has|have|had|do|does|did|can|will|would|should|could|might|may|must"
@@ -464,21 +509,71 @@ def read_free(reply: str, question: str) -> Reading | None:
         if found:
             number = _numeric(found, question)  # "the answer is a hexagon with 6 sides" -> 6
             return Reading("answer", number or found)
-    for rule in (_numeric, _leading):
-        found = rule(text, question)
-        if found:
-            return Reading("answer", found)
-    found = _find([_IT_IS], text, question)
+    found = _numeric(text, question)
     if found:
         return Reading("answer", found)
-    for sentence in _sentences(text):
-        found = _restated(sentence, question)
-        if found:
-            return Reading("answer", found)
+    for index, sentence in enumerate(_sentences(text)):  # the first sentence that gives an answer gives it
+        rules = [lambda s: _restated_forward(s, question), lambda s: _find([_IT_IS], s, question),
+                 lambda s: _rather_than(s, question), lambda s: _restated(s, question)]
+        if index == 0:
+            rules.insert(0, lambda s: _leading(text, question))
+        for rule in rules:
+            found = rule(sentence)
+            if found:
+                return Reading("answer", _focus(found, question))
     bare = _bare(text, question)
     if bare:
-        return Reading("answer", bare)
+        return Reading("answer", _focus(bare, question))
     return _no_answer(text)
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _focus(candidate: str, question: str) -> str:
+    """The answer inside a clause the reader found: question words and function words at its start dropped
+    ("Brazilians speak Portuguese" -> "Portuguese" for "What language do Brazilians speak?"), and a proper
+    name after a description kept alone ("the Scottish scientist Alexander Fleming" -> "Alexander Fleming")."""
+    stems = {_stem(w) for w in _question_words(question)}
+    words = candidate.split()
+    while len(words) > 1 and (normalize_answer(words[0]) in _STOP or _stem(normalize_answer(words[0])) in stems):
+        words = words[1:]
+    tail = []
+    for i in range(len(words) - 1, -1, -1):
+        word = words[i]
+        particle = word.lower() in _NAME_PARTICLES and i > 0 and words[i - 1][:1].isupper() and bool(tail)
+        if not (word[:1].isupper() or particle):
+            break
+        tail.insert(0, word)
+    lower = [w for w in words[: len(words) - len(tail)] if normalize_answer(w) not in _STOP]
+    if tail and any(w[:1].islower() for w in lower):
+        words = tail
+    return " ".join(words).strip(" ,.;:") or candidate
+
+
+_NAME_PARTICLES = {"van", "von", "da", "de", "del", "della", "di", "du", "la", "le", "al", "bin", "ibn", "der", "den", "ten", "y"}
+
+
+def _rather_than(text: str, question: str) -> str | None:
+    """"The UK uses the pound sterling, not the euro": the clause before ", not <other>" holds the answer."""
+    match = re.search(r"(?:^|[.;!?]\s+)(?P<x>[^.;!?,]{2,80}?),\s+(?:and\s+)?not\s+(?:the\s+|a\s+|an\s+)?\w", text)
+    if not match:
+        return None
+    clause = _LEAD.sub("", match.group("x").strip())
+    if not clause or _NOT_LEADING.match(clause):
+        return None
+    if _VERB.search(clause) is not None and not re.search(r"\b(?:is|was|are|were)\b", clause):
+        return None
+    focused = _focus(clause, question)
+    determiner = re.search(r"^.*\s(?:the|a|an|its|their|his|her)\s+(?P<np>\S.*)$", focused, re.I)
+    if determiner:  # "uses the Canadian dollar" -> "Canadian dollar": the object, after its determiner
+        focused = determiner.group("np")
+    found = _trim(focused) if len(focused.split()) <= 4 else None
+    return found if found and _not_question(found, question) else None
 
 
 def _bare(text: str, question: str) -> str | None:
@@ -512,7 +607,8 @@ def _no_answer(reply: str, negated: bool = False, final: bool = False) -> Readin
 
 # "it's not X" / "definitely not X": only what the answer is not
 _NEGATED_ANSWER = re.compile(r"\b(?:it|that|this|answer)(?:'s|’s| is| was)(?:\s+\w+ly)?\s+not\b|\b(?:definitely|certainly|surely) not\b", re.I)
-_TORN = re.compile(r"\beither\b[^.]*\bor\b|\bcan'?t decide\b|\bcannot decide\b|\bcan'?t (?:say|tell) which\b", re.I)
+_TORN = re.compile(r"\beither\b[^.]*\bor\b|\bcan'?t decide\b|\bcannot decide\b|\bcan'?t (?:say|tell) which\b|\btorn between\b"
+                   r"|\bcan'?t (?:pick|choose)\b|\bcannot (?:pick|choose)\b", re.I)
 _UNDECIDED = re.compile(r"\b(?:could|might|may) be\b[^.]*\bor\b|\bcan'?t decide\b|\beither\b[^.]*\bor\b|\bnot sure\b", re.I)
 
 
@@ -525,13 +621,20 @@ def _junk(reply: str) -> bool:
             or bool(re.search(r"https?://|www\.|click here|subscribe|buy now|lorem ipsum|asdf", reply, re.I)))
 
 
+def _echoes_question(text: str, question: str) -> bool:
+    """The reply only repeats the question ("Question: What is the capital of Argentina?")."""
+    words = set(normalize_answer(text).split()) - {"question", "q"}
+    return bool(words) and words <= set(normalize_answer(question).split())
+
+
 def read_reply(question: str, reply: str, choices: dict[str, str] | None = None) -> Reading | None:
     """The deterministic reading of ``reply``, or ``None`` where only a model can decide."""
     text = " ".join((reply or "").split())
     if not text:
         return Reading("none", method="empty")
     text = " ".join(_SPECIAL.sub(" ", text).split())  # chat-template debris is not part of any answer
-    if _junk(text):
+    text = re.sub(r"^(?:(?:user|assistant|system)\b\s*|\[[^\]]{0,30}\]\s*:?\s*)+", "", text, flags=re.I).strip()
+    if not text or _junk(text) or _echoes_question(text, question):
         return Reading("none")
     if choices:
         return read_choice(text, choices)

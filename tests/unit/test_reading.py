@@ -165,3 +165,41 @@ def test_summary_counts_and_intervals():
     assert s["per_kind"]["multiple-choice"]["accuracy"] == 0 and s["per_outcome"]["agree"]["n"] == 1
     assert s["confusion"]["agree"]["none"] == 1 and s["worst_misreads"][0]["id"] == "2"  # a wrong answer first
     assert [r["right"] for r in s["items"]] == [True, False, False]
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("(c) is the one, no doubt.", ("answer", "C")),
+    ("The third option, since ovens are hot.", ("answer", "C")),
+    ("my pick is option b", ("answer", "B")),
+    ("E is silly and D is silly; A is right.", ("answer", "A")),
+    ("Somebody could argue for the oven, but the answer is really B.", ("answer", "B")),
+    ("A garden or a cupboard? No: the refrigerator.", ("answer", "B")),
+    ("I'm torn between A and B here.", ("none", None)),
+    ("Nope, not buying that.", ("disagree", None)),
+    ("The other agent has this one wrong; I don't think option C is right.", ("disagree", None)),
+])
+def test_more_multiple_choice_forms(reply, expected):
+    reading = read_reply(MILK, reply, FRIDGE)
+    assert reading is not None and (reading.outcome, reading.answer) == expected
+
+
+@pytest.mark.parametrize(("question", "reply", "expected"), [
+    ("What language do Brazilians speak?", "Brazilians speak Portuguese, like the Portuguese themselves.", "Portuguese"),
+    ("Who painted The Starry Night?", "It was painted by the Dutch artist Vincent van Gogh in 1889.", "Vincent van Gogh"),
+    ("What is the currency of Canada?", "Canada uses the Canadian dollar, not the US dollar.", "Canadian dollar"),
+    ("Who won the first Nobel Prize in Physics?", "That prize went to Wilhelm Rontgen in 1901.", "Wilhelm Rontgen"),
+    ("What is the hardest natural material?", "Nothing in nature beats diamond for hardness.", "diamond"),
+    ("How many degrees Fahrenheit is freezing?", "It freezes at thirty-two degrees Fahrenheit.", "thirty-two"),
+    ("Who wrote Moby-Dick?", "Herman Melville wrote it; he was a sailor before he was a novelist.", "Herman Melville"),
+    ("What is the capital of Egypt?", "Cairo is the capital. Egypt is such a fascinating country.", "Cairo"),
+])
+def test_more_free_form_answers(question, reply, expected):
+    reading = read_reply(question, reply)
+    assert reading is not None and reading.outcome == "answer" and reading.answer == expected
+
+
+@pytest.mark.parametrize("reply", ["<|im_start|>assistant", "[Agent 1]:", "Question: What is the capital of Chile?",
+                                   "I honestly don't know the answer to this one.", "I'm not sure, it could be many things."])
+def test_debris_and_non_answers_are_none(reply):
+    reading = read_reply("What is the capital of Chile?", reply)
+    assert reading is not None and reading.outcome == "none"
