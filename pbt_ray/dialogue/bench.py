@@ -106,8 +106,9 @@ async def _flat(url: str, cfg: PBTConfig, requests: list, in_flight: int) -> tup
     gate = asyncio.Semaphore(in_flight)
 
     async def one(model, messages, temperature, seed, extra, _prompt_tokens, tokens):
-        # The same request, minus its stop strings, forced to generate exactly the tokens it generated in (a).
-        options = {k: v for k, v in (extra or {}).items() if k != "stop"}
+        # The same request, minus its stop strings and output grammar, forced to generate exactly the tokens it
+        # generated in (a).
+        options = {k: v for k, v in (extra or {}).items() if k not in ("stop", "structured_outputs")}
         async with gate:
             r = await client.chat(model, messages, temperature=temperature, max_tokens=max(tokens, 1), seed=seed,
                                   extra=options | {"ignore_eos": True, "min_tokens": max(tokens, 1)})

