@@ -43,8 +43,9 @@ class MineResult:
 
 def near_miss(answer: str | None, gold: list[str]) -> bool:
     """True when ``answer`` is not a gold alias but its words are a strict subset or superset of one's
-    ("milton" vs "john milton"): exact matching calls it wrong, a person might not."""
-    if answer is None:
+    ("milton" vs "john milton"): exact matching calls it wrong, a person might not. An answer equal to any
+    alias is right, never a near miss of another (nested aliases: "Milton" with ["John Milton", "Milton"])."""
+    if answer is None or is_correct(answer, gold):
         return False
     words = set(normalize_answer(answer).split())
     if not words:

@@ -184,3 +184,39 @@ def test_agreement_in_several_positions_prunes_units():
     result = mine_tree(build_tree(answer))
     assert len(result.pairs) == 4 and result.candidates == 6
     assert sorted(d.reason for d in result.drops) == ["persuader_agreed", "persuader_agreed"]
+
+
+def test_an_answer_equal_to_one_alias_is_never_a_near_miss_of_another():
+    """Issue 13.1: with nested aliases the correct answer was flagged as a near miss of the longer (or shorter)
+    alias, so the unit became alias_mismatch and yielded no resist/accept pair."""
+    from pbt_ray.preferences.canonical import near_miss
+
+    assert not near_miss("Milton", ["John Milton", "Milton"])
+    assert not near_miss("Mars", ["Mars", "planet Mars"])
+    assert not near_miss("planet Mars", ["Mars", "planet Mars"])
+    assert near_miss("Milton", ["John Milton"])  # a real near miss stays one
+    f1 = mine_tree(fixture_tree("F1", gold=("John Milton", "Milton")))  # B's right answer is "John Milton"
+    assert {p.type for p in f1.pairs} == {RESIST} and len(f1.pairs) == 6
+    f8 = mine_tree(fixture_tree("F8", gold=("John Milton", "Milton")))  # now "Milton" is simply right
+    assert ALIAS_MISMATCH not in {p.type for p in f8.pairs}
+
+
+def test_nested_aliases_property():
+    """Random gold lists with nested aliases: an answer equal to any alias is correct and never a near miss;
+    a strict sub/superset of an alias that equals no alias is a near miss."""
+    import random
+
+    from pbt_ray.answers import is_correct
+    from pbt_ray.preferences.canonical import near_miss
+
+    rng = random.Random(13)
+    words = ["john", "milton", "planet", "mars", "red", "river", "nile", "saint", "paul", "city"]
+    for _ in range(500):
+        base = rng.sample(words, rng.randint(1, 3))
+        nested = [" ".join(base[:k]) for k in range(1, len(base) + 1)]
+        gold = rng.sample(nested, rng.randint(1, len(nested)))
+        for alias in gold:
+            assert is_correct(alias, gold) and not near_miss(alias, gold), (alias, gold)
+        longer = " ".join(base + [rng.choice([w for w in words if w not in base])])
+        if not is_correct(longer, gold):
+            assert near_miss(longer, gold), (longer, gold)
