@@ -230,7 +230,6 @@ def _round(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, todo: list[str],
 def _serve_stages(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, question: str | None, log) -> bool:
     from pbt_ray.dialogue.pipeline import grow_trees
     from pbt_ray.dialogue.view import render_text
-    from pbt_ray.preferences.mining import mine
 
     ok = True
     done = state["done"]
@@ -250,14 +249,26 @@ def _serve_stages(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str,
         if summary.failed == 0:
             mark_done(cfg.run_dir, state, "grow", {"trees": summary.grown + summary.already_done})
     if "mine" not in done:
-        # Mining reads the round's trees (<round dir>/trees); the pairs go to <round dir>/preferences.
-        stats = mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), log=log)
+        stats = mine_stage(cfg, url, log)
         mark_done(cfg.run_dir, state, "mine", {"selected": stats["selected"]})
     if "train" not in done:
         _train_stage(cfg, state, log)
     if "eval" not in done:
         _eval_stage(top, k, cfg, state, url, log)
     return ok
+
+
+def mine_stage(cfg: PBTConfig, url: str, log=print) -> dict:
+    """Mine the round's trees (<round dir>/trees) into <round dir>/preferences; with ``mine.stance_check``
+    every pair's reply stances are confirmed by the app's extractor first (PBT_SPEC.md §2.6-2.7)."""
+    from pbt_ray.dialogue.pipeline import request_models
+    from pbt_ray.preferences.mining import mine
+    from pbt_ray.preferences.stance import endpoint_stance_check
+
+    check = None
+    if cfg.mine.stance_check:
+        check = endpoint_stance_check(url, request_models(cfg)["extractor"], cfg.serve.request_timeout_s)
+    return mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), stance_check=check, log=log)
 
 
 def _train_stage(cfg: PBTConfig, state: dict, log) -> None:

@@ -136,3 +136,18 @@ def test_in_process_cluster_holds_the_loops_peak():
 
     assert local_logical_cpus(load_config("local")) == 7
     assert local_logical_cpus(load_config("local", ["train.num_workers=4"])) == 9
+
+
+def test_the_loop_mines_with_the_stance_check_when_configured(tmp_path, monkeypatch):
+    """Issue 13.2: `pbt run` ignored mine.stance_check; it now confirms stances through the app's extractor."""
+    import pbt_ray.preferences.mining as mining
+    import pbt_ray.preferences.stance as stance
+
+    seen = []
+    monkeypatch.setattr(mining, "mine", lambda cfg, **kw: seen.append(kw) or {"selected": {}})
+    monkeypatch.setattr(stance, "endpoint_stance_check", lambda url, model, timeout: ("check", url, model))
+    loop.mine_stage(cfg_in(tmp_path), "http://app/v1")
+    loop.mine_stage(cfg_in(tmp_path, "mine.stance_check=true"), "http://app/v1")
+    assert seen[0]["stance_check"] is None
+    assert seen[1]["stance_check"] == ("check", "http://app/v1", "extractor")
+    assert seen[1]["trees"] == str(cfg_in(tmp_path).run_dir)
