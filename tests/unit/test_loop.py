@@ -151,3 +151,16 @@ def test_the_loop_mines_with_the_stance_check_when_configured(tmp_path, monkeypa
     assert seen[0]["stance_check"] is None
     assert seen[1]["stance_check"] == ("check", "http://app/v1", "extractor")
     assert seen[1]["trees"] == str(cfg_in(tmp_path).run_dir)
+
+
+def test_grow_summary_reports_the_none_rate(tmp_path):
+    from pbt_ray.dialogue.pipeline import GrowSummary, reading_counts
+    from tests.unit.pbt_fixtures import fixture_tree
+
+    tree = fixture_tree("F6")
+    tree.nodes[0].read_by, tree.nodes[1].read_by, tree.nodes[2].outcome = "rule", "constrained", "none"
+    counts = reading_counts(tree)
+    assert counts["none"] == 1 and counts["read_by:rule"] == 1 and counts["read_by:constrained"] == 1
+    summary = GrowSummary(grown=1, turns=10, reads={"none": 3, "answer": 6, "disagree": 1, "read_by:rule": 10})
+    text = loop.format_grow_summary(summary, cfg_in(tmp_path))
+    assert "answers read (extract.mode rules): NONE in 3 of 10 turns (30.0%); answer 6, agree 0, disagree 1; read by rule 10" in text

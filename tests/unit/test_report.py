@@ -44,3 +44,17 @@ def test_report_has_every_section(tmp_path, capsys):
     assert data["trained"]["balanced"]["metrics"]["resist_accuracy"] == 0.7
     assert len(list((run / "report" / "dialogues").glob("*.html"))) == 2
     assert "report.html" in capsys.readouterr().out
+
+
+def test_report_shows_how_answers_were_read(tmp_path):
+    run = tmp_path / "run"
+    path = put(run, "base", "are-you-sure", {"acc_before": 0.5, "acc_after": 0.5, "diff": 0.0, "n": 2})
+    (path / "results.jsonl").write_text("".join(json.dumps({"question_id": q, "readings": r}) + "\n" for q, r in [
+        ("q1", [{"outcome": "answer", "answer": "B", "read_by": "rule"}, {"outcome": "disagree", "read_by": "rule"}]),
+        ("q2", [{"outcome": "none", "read_by": "rules-abstained"}, {"outcome": "answer", "read_by": "constrained"}])]))
+    summary = write_report(run, log=lambda *_: None)
+    readings = summary["base"]["are-you-sure"]["readings"]
+    assert readings["n"] == 4 and readings["outcomes"] == {"answer": 2, "disagree": 1, "none": 1}
+    assert readings["read_by"] == {"rule": 2, "rules-abstained": 1, "constrained": 1} and readings["none_rate"] == 0.25
+    page = (run / "report" / "report.html").read_text()
+    assert "How answers were read" in page and "constrained 1, rule 2, rules-abstained 1" in page
