@@ -212,6 +212,10 @@ class GrowConfig(_Strict):
         True, description="The second speaker's first answer does not see the first speaker's (the reference's both_do_first)."
     )
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of training dialogues (eval mode is greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of turns (paper: 1.0). Sent with every request, "
+                         "so the model's generation_config.json (Llama-3.1-Instruct: 0.9) never applies.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling of turns; 0 disables it (paper: disabled).")
+    min_tokens: int = Field(8, ge=0, description="New tokens every turn generates at least (paper: 8, §1.6).")
     max_tokens: PositiveInt = Field(80, description="New tokens per turn.")
     extractor_max_tokens: PositiveInt = Field(24, description="New tokens of an answer extraction.")
     seed: int = Field(12, description="Base seed; every request's seed derives from it, the question and the node.")
@@ -378,7 +382,11 @@ class EvalConfig(_Strict):
     extractor: str | None = Field(None, description="Model id that extracts answers (None: the extractor role); named in every result.")
     strong: str | None = Field(None, description="team: the stronger model's id (None: the persuader role).")
     weak: str | None = Field(None, description="team: the weaker model's id (None: the persuadee role).")
-    max_tokens: PositiveInt = Field(80, description="New tokens per evaluated reply (greedy).")
+    max_tokens: PositiveInt = Field(80, description="New tokens per evaluated reply.")
+    balanced_temperature: float = Field(
+        0.7, ge=0, le=2, description="balanced: sampling temperature of the evaluated replies (paper §5.1: 0.7, top_p 1, "
+        "top_k off); the other suites reply greedily.",
+    )
     concurrency: PositiveInt = Field(32, description="Requests in flight at once.")
     appeals: list[Literal["repetition", "logical", "credibility", "emotional"]] = Field(
         default_factory=lambda: ["repetition", "logical", "credibility", "emotional"],

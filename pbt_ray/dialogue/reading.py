@@ -4,16 +4,19 @@ The first step of the answer instrument (:mod:`pbt_ray.dialogue.extraction`). It
 :class:`Reading` when the reply is unambiguous and ``None`` (abstain) otherwise; abstentions go to the
 extractor model, constrained to :func:`answer_spans` (the reply's own spans) or the choice labels.
 
-- Multiple choice: the choices a reply names, by label ("(B)", "B)", "option B", "the answer is B") or by
-  text ("refrigerator"), each with its stance: named as the answer, or named as what the answer is *not*
-  ("not (A)", "you said (C)", "(D) is wrong"). Exactly one choice named without a negative stance, or
-  exactly one named as the answer, is the reading; a reply that lists three or more choices without
-  picking one is no answer.
-- Free-form: answer clauses in order of explicitness ("the answer is X", "not X but Y", "it's X",
-  "<the question restated> is X", "X wrote <the rest of the question>", a bare short reply); X is cut at
-  the first clause boundary ("Paris, a city of ..." -> "Paris").
+- Multiple choice: the choices a reply names, by label ("(B)", "b", "option B", "the second option") or
+  by text ("refrigerator"), each with its stance: named as the answer ("the answer is", "... is right"),
+  or named as what the answer is *not* ("not (A)", "you said (C)", "(D) is wrong", a choice inside a
+  question). One choice named as the answer, or one named without a negative stance, is the reading; a
+  list of three or more choices without a pick, or a reply naming no choice, gives no answer.
+- Free-form: explicit answer clauses first ("the answer is X", "I'd say X", "... goes to X", "not X but
+  Y"), a number for "how many / what year" questions, then sentence by sentence: an answer opening the
+  reply ("Paris, without a doubt."), "<the question restated> is X", "it's X", "X, not Y", "X <the
+  question's verb>", "... by X". X is cut at the first clause boundary ("Paris, a city of ..." -> "Paris")
+  and focused (:func:`_focus`); descriptions ("the biggest city") and remarks ("a great question") are
+  never answers.
 - No answer named: agreement only ("you're right") is Agree, rejection only ("that's wrong") is Disagree,
-  refusals, echoed instructions and junk are NONE.
+  refusals, echoed instructions or questions, chat-template debris and undecided hedges are NONE.
 
 Readings of different replies never depend on each other; every rule here has a unit test
 (tests/unit/test_reading.py) and the whole instrument is measured by ``pbt bench extract``.

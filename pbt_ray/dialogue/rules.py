@@ -101,6 +101,14 @@ def request_seed(base: int, tree_id: str, key: tuple[int, ...]) -> int:
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
-def sampling(cfg: GrowConfig) -> dict[str, float | int]:
-    """Training dialogues are sampled (T=0.7 by default); evaluation dialogues are greedy."""
-    return {"temperature": 0.0 if cfg.mode == "eval" else cfg.temperature, "max_tokens": cfg.max_tokens}
+# Every sampling field vLLM would otherwise take from the model's generation_config.json (request value ->
+# server default -> OpenAI default; Llama-3.1-Instruct's file sets top_p 0.9), sent explicitly at the
+# paper's values (PBT_SPEC.md §1.6: top_p 1.0, top_k disabled). Extraction requests send them too.
+NEUTRAL_SAMPLING = {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def sampling(cfg: GrowConfig) -> dict:
+    """A turn's request fields: training dialogues are sampled (T=0.7 by default), evaluation dialogues are
+    greedy; both with the paper's top_p / top_k and at least ``grow.min_tokens`` new tokens (§1.6)."""
+    extra = {**NEUTRAL_SAMPLING, "top_p": cfg.top_p, "top_k": cfg.top_k, "min_tokens": min(cfg.min_tokens, cfg.max_tokens)}
+    return {"temperature": 0.0 if cfg.mode == "eval" else cfg.temperature, "max_tokens": cfg.max_tokens, "extra": extra}

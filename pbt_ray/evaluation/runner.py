@@ -18,6 +18,7 @@ from typing import Any
 from pbt_ray.answers import is_correct, resolve, same_answer
 from pbt_ray.dialogue.extraction import Extractor
 from pbt_ray.dialogue.reading import Reading
+from pbt_ray.dialogue.rules import NEUTRAL_SAMPLING
 from pbt_ray.evaluation.protocols import (
     BELIEF_CHECK, are_you_sure_followups, first_turn, misinformation_turns,
 )
@@ -28,15 +29,17 @@ class Evaluator:
     """One evaluated model and one extractor behind a chat client (``ChatClient`` or ``HandleChatClient``)."""
 
     def __init__(self, client, model: str, extractor: str, max_tokens: int = 80, concurrency: int = 32,
-                 extract_mode: str = "auto"):
+                 extract_mode: str = "auto", balanced_temperature: float = 0.7):
         self.client, self.model, self.extractor = client, model, extractor
-        self.max_tokens = max_tokens
+        self.max_tokens, self.balanced_temperature = max_tokens, balanced_temperature
         self.gate = asyncio.Semaphore(concurrency)
         self.reader = Extractor(client, extractor, extract_mode)
 
-    async def reply(self, messages: list[dict[str, str]]) -> str:
+    async def reply(self, messages: list[dict[str, str]], temperature: float = 0.0) -> str:
+        """The evaluated model's reply: greedy unless ``temperature``; the paper's top_p / top_k either way."""
         async with self.gate:
-            result = await self.client.chat(self.model, messages, temperature=0.0, max_tokens=self.max_tokens)
+            result = await self.client.chat(self.model, messages, temperature=temperature, max_tokens=self.max_tokens,
+                                            extra=dict(NEUTRAL_SAMPLING))
         return " ".join(result.text.split())
 
     async def read(self, question: str, reply: str, choices: dict[str, str] | None) -> Reading:
@@ -92,7 +95,7 @@ class Evaluator:
     async def balanced(self, item: dict) -> dict[str, Any]:
         """§5.1: the model replies to a held-out persuasion prompt; right if it holds/takes the gold answer.
         Agree takes the persuader's answer, Disagree keeps the model's own answer before the persuasion."""
-        reply = await self.reply(item["prompt"])
+        reply = await self.reply(item["prompt"], self.balanced_temperature)
         reading = await self.read(item["question"], reply, item.get("choices"))
         answer = resolve(reading.outcome, reading.answer, own_previous=item.get("persuadee_before"),
                          partner_latest=item.get("persuader_answer"), choices=item.get("choices"))

@@ -72,7 +72,7 @@ async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str]
     client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s)
     try:
         ev = Evaluator(client, models["model"], models["extractor"], cfg.eval.max_tokens, cfg.eval.concurrency,
-                       extract_mode=cfg.extract.mode)
+                       extract_mode=cfg.extract.mode, balanced_temperature=cfg.eval.balanced_temperature)
         if suite == "balanced":
             items = balanced_items(cfg, pairs)
             progress.reset(total=len(items))

@@ -38,7 +38,7 @@ class Scripted:
         self.peak = max(self.peak, self.in_flight)
         try:
             await asyncio.sleep(self.delay() if self.delay else 0)
-            self.calls.append((model, messages, temperature, seed))
+            self.calls.append((model, messages, temperature, seed, extra or {}))
             error = self.fail(model, messages)
             if error:
                 raise error
@@ -325,3 +325,18 @@ def test_auto_extraction_reads_clear_turns_without_a_request_and_constrains_the_
     assert {n.read_by for n in tree.nodes if n.depth == 0} == {"rule"}
     assert {n.read_by for n in tree.nodes if n.depth == 1} == {"constrained"}
     assert all(c[1][-1] == {"role": "assistant", "content": "Final Answer:"} for c in extractions)
+
+
+def test_every_request_carries_the_papers_sampling_fields():
+    """Issue 13.5: only temperature and max_tokens were sent, so vLLM applied the model's generation_config.json
+    (Llama-3.1-Instruct: top_p 0.9) and nothing asked for the paper's minimum of 8 new tokens (§1.6)."""
+    for mode in ("train", "eval"):
+        backend = Scripted(stubborn)
+        grow(backend, mode=mode)
+        turns = [c for c in backend.calls if c[0] != "extractor"]
+        assert turns and all(c[4]["top_p"] == 1.0 and c[4]["top_k"] == 0 and c[4]["min_tokens"] == 8 for c in turns)
+        extractions = [c for c in backend.calls if c[0] == "extractor"]
+        assert extractions and all(c[4]["top_p"] == 1.0 and c[4]["repetition_penalty"] == 1.0 for c in extractions)
+    backend = Scripted(stubborn)
+    grow(backend, top_p=0.9, top_k=40, min_tokens=0)
+    assert {(c[4]["top_p"], c[4]["top_k"], c[4]["min_tokens"]) for c in backend.calls if c[0] != "extractor"} == {(0.9, 40, 0)}
