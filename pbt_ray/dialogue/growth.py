@@ -73,9 +73,12 @@ class GrowthEngine:
     # ---- one tree ----------------------------------------------------------------------------
 
     def _new_state(self, q: Question) -> _TreeState:
+        models = dict(self.models)
+        if self.extractor.mode == "rules":  # no extractor model answers: the record says who read the answers
+            models["extractor"] = "deterministic reader"
         tree = Tree(
             tree_id=q.id, question_id=q.id, question=q.question, gold=list(q.answers), choices=q.choices,
-            source=q.source, mode=self.cfg.mode, models=dict(self.models),
+            source=q.source, mode=self.cfg.mode, models=models,
             roles={"persuader": self.cfg.persuader, "persuadee": "B" if self.cfg.persuader == "A" else "A"},
             seed=request_seed(self.cfg.seed, q.id, ()),
         )

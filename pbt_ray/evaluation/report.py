@@ -125,6 +125,15 @@ def _examples(run_dir: Path, limit: int = 2) -> list[tuple[str, str]]:
     return out
 
 
+def _extractor_words(metrics: dict) -> str:
+    """Who read a suite's answers: the deterministic reader (extract.mode rules) or the extractor model."""
+    model = metrics.get("served", {}).get("extractor", metrics.get("extractor"))
+    mode = metrics.get("extract_mode")
+    if mode == "rules":
+        return "the deterministic reader (extract.mode rules)"
+    return f"{model} (extract.mode {mode})" if mode else str(model)
+
+
 def _readings_of(record: dict) -> list[dict]:
     """The instrument's readings in one results.jsonl record, whatever the suite."""
     if "reading" in record:
@@ -159,7 +168,7 @@ def write_report(run_dir: str | Path, log=print) -> dict[str, Any]:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = {label: {suite: {"model": r.get("served", {}).get("model", r.get("model")),
-                               "extractor": r.get("served", {}).get("extractor", r.get("extractor")), "items": r.get("items"),
+                               "extractor": _extractor_words(r), "items": r.get("items"),
                                "failed": r.get("failed"), "metrics": r.get("metrics"),
                                "readings": reading_stats(run_dir, label, suite)}
                        for suite, r in sorted(suites.items(), key=lambda kv: SUITE_ORDER.index(kv[0]) if kv[0] in SUITE_ORDER else 9)}

@@ -134,6 +134,7 @@ def evaluate(cfg: PBTConfig, suite: str, endpoint: str, *, pairs: str | None = N
     # What the requests named (a role alias on our app) and which served model that is, for the report.
     served = {k: (cfg.serve.roles.get(v, v) if endpoint_is_ours else v) for k, v in models.items()}
     summary = {"suite": suite, "label": label, "endpoint": endpoint, "model": models["model"], "extractor": models["extractor"],
+               "extract_mode": cfg.extract.mode,
                "served": served,
                **({"strong": models["strong"], "weak": models["weak"]} if suite == "team" else {}),
                "items": len(results), "failed": len(errors), "metrics": numbers}
@@ -149,6 +150,14 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def reader(summary: dict[str, Any], extractor: str) -> str:
+    """How a suite's answers were read, in words: the mode, and the extractor model where one is asked."""
+    mode = summary.get("extract_mode", "prompt")
+    if mode == "rules":
+        return "answers read by the deterministic reader (extract.mode rules)"
+    return f"answers read by extract.mode {mode} with extractor {extractor}"
 
 
 def format_metrics(summary: dict[str, Any]) -> str:
@@ -168,5 +177,5 @@ def format_metrics(summary: dict[str, Any]) -> str:
         return name if model == name else f"{name} ({model})"
 
     head = (f"[pbt] eval {summary['suite']}: {summary['items']} items ({summary['failed']} failed), model "
-            f"{named('model')}, answers extracted by {named('extractor')}")
+            f"{named('model')}, {reader(summary, named('extractor'))}")
     return "\n".join([head] + [f"  {k:<26} {fmt(v)}" for k, v in summary["metrics"].items()])

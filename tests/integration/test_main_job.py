@@ -41,9 +41,14 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     assert [n["speaker"] for n in nodes] == ["A", "B", "A", "B"][: len(nodes)] and len(nodes) >= 2
     assert all(n["family"] == "sp" and n["text"].strip() for n in nodes)
     assert all(n["parent"] == n["id"] - 1 for n in nodes)  # one branch
+    # Every turn shows what the answer instrument read in it; a turn that names Paris is read as Paris
+    # (the few-shot extractor before issue 12 printed "no answer" for all of them).
+    assert all(n["read_by"] for n in nodes) and out.count("(read by ") >= len(nodes)
+    assert all(n["answer"] == "paris" for n in nodes if "paris" in n["text"].lower())
     # Then the trees, with a progress bar and a summary.
     assert "growing trees" in proc.stderr
     assert "[pbt] trees: 2 grown, 0 already done, 0 failed" in out
+    assert "[pbt] answers read (extract.mode rules): NONE in " in out
     assert len(list(read_trees(tmp_path / "local"))) == 2
     # Then the pairs, with the stats report.
     assert "pairs by type:" in out and "[pbt] pairs in" in out
@@ -78,7 +83,8 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     assert len(trees) == 3
     for tree in trees:
         assert tree.models[tree.roles["persuadee"]] == "pbt-trained"  # round 1's model answered as the persuadee
-        assert tree.models[tree.roles["persuader"]] == tree.models["extractor"] == "smollm2-135m-instruct"
+        assert tree.models[tree.roles["persuader"]] == "smollm2-135m-instruct"
+        assert tree.models["extractor"] == "deterministic reader"  # the local preset reads answers by rule
     state = json.loads((round_two / "loop_state.json").read_text())
     assert list(state["done"]) == list(loop.ROUND_STAGES)
     assert (round_two / "preferences" / "mine_stats.json").is_file()
