@@ -195,7 +195,7 @@ def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) 
              "th:first-child,td:first-child{text-align:left}img{max-width:100%}</style></head><body>",
              "<h1>PBT evaluation report</h1>"]
     extractors = sorted({str(s.get("extractor")) for suites in summary.values() for s in suites.values()})
-    parts.append(f"<p>Models: {esc(', '.join(summary))}. Answers extracted by: {esc(', '.join(extractors))}.</p>")
+    parts.append(f"<p>Models: {esc(', '.join(summary))}. Answers read by: {esc(', '.join(extractors))}.</p>")
     for suite in SUITE_ORDER:
         rows = [(label, suites[suite]) for label, suites in summary.items() if suite in suites]
         if not rows:

@@ -38,7 +38,7 @@ def test_report_has_every_section(tmp_path, capsys):
     page = (run / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4  # resist/accept, before/after, per turn, by order
     for text in ("balanced", "are-you-sure", "misinformation", "team", "base (base-model)", "trained (trained-model)",
-                 "Answers extracted by: extractor", "dialogues/"):
+                 "Answers read by: extractor", "dialogues/"):
         assert text in page
     data = json.loads((run / "report" / "report.json").read_text())
     assert data["trained"]["balanced"]["metrics"]["resist_accuracy"] == 0.7
