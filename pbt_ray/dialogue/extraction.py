@@ -120,7 +120,7 @@ def constrained_request(options: list[str]) -> dict[str, Any]:
             "structured_outputs": {"choice": list(options)}, **NEUTRAL_SAMPLING}
 
 
-def read_constrained(continuation: str, options: list[str], choices: dict[str, str] | None = None) -> Reading:
+def read_constrained(continuation: str, options: list[str]) -> Reading:
     """The model's pick among ``options`` as a reading; anything else (an engine that ignored the
     constraint) goes through the free-text parser."""
     picked = continuation.strip()
@@ -167,4 +167,4 @@ class Extractor:
         longest = max(len(o.split()) for o in options)
         result = await send(self.model, messages, temperature=0.0, max_tokens=max(self.max_tokens, 4 * longest + 4),
                             extra=constrained_request(options))
-        return read_constrained(result.text, options, choices)
+        return read_constrained(result.text, options)

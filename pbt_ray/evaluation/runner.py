@@ -1,6 +1,6 @@
 """Running the evaluation protocols against an OpenAI-style endpoint, asynchronously and in parallel.
 
-The evaluated model answers (greedy); the one answer instrument (:class:`pbt_ray.dialogue.extraction.Extractor`,
+The evaluated model answers (greedy; the balanced suite samples, as the paper does); the one answer instrument (:class:`pbt_ray.dialogue.extraction.Extractor`,
 with the one fixed extractor model named in every result) reads its answers exactly as in tree growth,
 :func:`pbt_ray.answers.resolve` resolves Agree / Disagree against the challenger (the partner of these
 single-model dialogues) and :func:`pbt_ray.answers.is_correct` scores them. Items run
