@@ -334,8 +334,10 @@ def format_grow_summary(summary, cfg: PBTConfig) -> str:
     if summary.turns:
         reads = summary.reads
         by = ", ".join(f"{key.split(':', 1)[1]} {n}" for key, n in sorted(reads.items()) if key.startswith("read_by:"))
+        interval = (f", 95% CI {summary.none_rate_ci95[0]:.1%}-{summary.none_rate_ci95[1]:.1%} over trees"
+                    if summary.none_rate_ci95 else "")
         lines.insert(1, f"[pbt] answers read (extract.mode {cfg.extract.mode}): NONE in {reads.get('none', 0)} of "
-                        f"{summary.turns} turns ({summary.none_rate:.1%}); answer {reads.get('answer', 0)}, agree "
+                        f"{summary.turns} turns ({summary.none_rate:.1%}{interval}); answer {reads.get('answer', 0)}, agree "
                         f"{reads.get('agree', 0)}, disagree {reads.get('disagree', 0)}; read by {by}")
     lines += [f"[pbt] failed: {failure}" for failure in summary.failures[:10]]
     return "\n".join(lines)

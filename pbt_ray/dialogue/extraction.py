@@ -24,6 +24,7 @@ a model call.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -168,3 +169,13 @@ class Extractor:
         result = await send(self.model, messages, temperature=0.0, max_tokens=max(self.max_tokens, 4 * longest + 4),
                             extra=constrained_request(options))
         return read_constrained(result.text, options)
+
+    async def read_many(self, replies: list[tuple[str, str, dict[str, str] | None]], concurrency: int = 32) -> list[Reading]:
+        """Readings of many ``(question, reply, choices)``, in order, at most ``concurrency`` requests at once."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(question: str, reply: str, choices: dict[str, str] | None) -> Reading:
+            async with gate:
+                return await self.read(question, reply, choices)
+
+        return list(await asyncio.gather(*(one(*r) for r in replies)))

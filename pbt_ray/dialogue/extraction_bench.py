@@ -23,6 +23,7 @@ from typing import Any
 
 from pbt_ray.answers import OUTCOMES, is_correct
 from pbt_ray.dialogue.reading import Reading
+from pbt_ray.stats import proportion
 
 BUNDLED_GOLD = "bundled:extraction"
 
@@ -94,16 +95,6 @@ def is_right(item: dict, reading: Reading) -> bool:
     return expected["outcome"] != "answer" or is_correct(reading.answer, expected["answers"], item.get("choices"))
 
 
-def proportion(right: int, n: int) -> dict[str, Any]:
-    """A proportion with its n and Wilson 95% interval."""
-    from statsmodels.stats.proportion import proportion_confint
-
-    if n == 0:
-        return {"n": 0, "right": 0, "accuracy": None, "ci95": None}
-    low, high = proportion_confint(right, n, alpha=0.05, method="wilson")
-    return {"n": n, "right": right, "accuracy": right / n, "ci95": [round(float(low), 4), round(float(high), 4)]}
-
-
 def _severity(item: dict, reading: Reading) -> int:
     """Misreads that change a score most come first: a wrong answer, then a missed or invented answer."""
     expected = item["expected"]["outcome"]
@@ -136,16 +127,6 @@ def summarize(items: list[dict], readings: list[Reading], worst: int = 10) -> di
             "items": records}
 
 
-async def read_all(extractor, items: list[dict], concurrency: int = 32) -> list[Reading]:
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(item: dict) -> Reading:
-        async with gate:
-            return await extractor.read(item["question"], item["reply"], item.get("choices"))
-
-    return list(await asyncio.gather(*(one(i) for i in items)))
-
-
 async def measure(client, model: str, items: list[dict], modes: list[str], max_tokens: int = 24,
                   concurrency: int = 32) -> dict[str, dict[str, Any]]:
     """Every mode over the same items, one after the other on the same endpoint."""
@@ -153,7 +134,8 @@ async def measure(client, model: str, items: list[dict], modes: list[str], max_t
 
     results = {}
     for mode in modes:
-        readings = await read_all(Extractor(client, model, mode, max_tokens), items, concurrency)
+        extractor = Extractor(client, model, mode, max_tokens)
+        readings = await extractor.read_many([(i["question"], i["reply"], i.get("choices")) for i in items], concurrency)
         results[mode] = summarize(items, readings)
     return results
 

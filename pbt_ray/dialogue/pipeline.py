@@ -184,6 +184,7 @@ class GrowSummary:
     problems: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     reads: dict[str, int] = field(default_factory=dict)  # outcomes and read_by counts of the grown turns
+    none_rate_ci95: list[float] | None = None  # bootstrap over trees (a tree's turns are not independent)
 
     @property
     def tokens_per_s(self) -> float:
@@ -251,14 +252,17 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
                 compute=ray.data.ActorPoolStrategy(min_size=g.min_growers, max_size=g.max_growers),
                 num_cpus=g.cpus_per_grower,
             )
+            none_per_tree: list[tuple[int, int]] = []  # (NONE turns, turns) of each grown tree
             with tqdm(total=len(todo), unit="tree", desc="growing trees", disable=not progress) as bar:
                 for batch in grown.iter_batches(batch_size=None, batch_format="numpy"):
                     for tree_id, status, error, turns, tokens, reads in zip(
                             batch["tree_id"], batch["status"], batch["error"], batch["turns"], batch["generated_tokens"],
                             batch["reads"]):
                         summary.turns += int(turns)
-                        for key, count in json.loads(str(reads)).items():
+                        counts = json.loads(str(reads))
+                        for key, count in counts.items():
                             summary.reads[key] = summary.reads.get(key, 0) + count
+                        none_per_tree.append((counts.get("none", 0), int(turns)))
                         summary.generated_tokens += int(tokens)
                         if status == "complete":
                             summary.grown += 1
@@ -267,6 +271,9 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
                             summary.failures.append(f"{tree_id}: {error}")
                         bar.update(1)
                     bar.set_postfix(tok_s=f"{summary.generated_tokens / max(time.monotonic() - start, 1e-9):.0f}")
+            from pbt_ray.stats import cluster_rate
+
+            summary.none_rate_ci95 = cluster_rate(*zip(*none_per_tree))["ci95"] if none_per_tree else None
         summary.seconds = round(time.monotonic() - start, 2)
         (run_dir / "grow_summary.json").write_text(json.dumps(
             asdict(summary) | {"tokens_per_s": summary.tokens_per_s, "none_rate": summary.none_rate}, indent=2) + "\n")

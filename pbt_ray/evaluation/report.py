@@ -143,23 +143,33 @@ def _readings_of(record: dict) -> list[dict]:
     return [{"outcome": t.get("outcome"), "read_by": t.get("read_by")} for t in record.get("turns", [])]
 
 
+def _rate(rate: float, ci95: list[float] | None) -> str:
+    return f"{rate:.2f}" + (f" [{ci95[0]:.2f}, {ci95[1]:.2f}]" if ci95 else " [n too small]")
+
+
 def reading_stats(run_dir: Path, label: str, suite: str) -> dict[str, Any] | None:
     """What the answer instrument read in a suite's replies: counts by outcome and by the step that read them."""
     path = Path(run_dir) / "eval" / label / suite / "results.jsonl"
     if not path.is_file():
         return None
+    from pbt_ray.stats import cluster_rate
+
     outcomes: dict[str, int] = {}
     read_by: dict[str, int] = {}
+    per_item: list[tuple[int, int]] = []  # (NONE, readings) of each item: an item's replies are not independent
     for line in path.read_text().splitlines():
-        for reading in _readings_of(json.loads(line)):
-            if reading.get("outcome") is None:
-                continue
+        readings = [r for r in _readings_of(json.loads(line)) if r.get("outcome") is not None]
+        for reading in readings:
             outcomes[reading["outcome"]] = outcomes.get(reading["outcome"], 0) + 1
             step = reading.get("read_by") or "unknown"
             read_by[step] = read_by.get(step, 0) + 1
+        per_item.append((sum(r["outcome"] == "none" for r in readings), len(readings)))
     n = sum(outcomes.values())
-    return {"n": n, "outcomes": outcomes, "read_by": read_by,
-            "none_rate": outcomes.get("none", 0) / n if n else None} if n else None
+    if not n:
+        return None
+    rate = cluster_rate(*zip(*per_item))
+    return {"n": n, "items": rate["clusters"], "outcomes": outcomes, "read_by": read_by, "none_rate": rate["rate"],
+            "none_rate_ci95": rate["ci95"]}
 
 
 def write_report(run_dir: str | Path, log=print) -> dict[str, Any]:
@@ -220,12 +230,12 @@ def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) 
                      "and which step read it (rule: the deterministic reader; constrained: the extractor model limited "
                      "to the reply's spans or the choice labels).</p>")
         parts.append("<table><tr><th>model</th><th>suite</th><th>replies read</th><th>answer</th><th>agree</th>"
-                     "<th>disagree</th><th>none</th><th>NONE rate</th><th>read by</th></tr>")
+                     "<th>disagree</th><th>none</th><th>NONE rate [95% CI, bootstrap over items]</th><th>read by</th></tr>")
         for label, suite, r in read_rows:
             by = ", ".join(f"{k} {v}" for k, v in sorted(r["read_by"].items()))
             parts.append(f"<tr><td>{esc(label)}</td><td>{esc(suite)}</td><td>{r['n']}</td>"
                          + "".join(f"<td>{r['outcomes'].get(o, 0)}</td>" for o in ("answer", "agree", "disagree", "none"))
-                         + f"<td>{r['none_rate']:.2f}</td><td>{esc(by)}</td></tr>")
+                         + f"<td>{_rate(r['none_rate'], r.get('none_rate_ci95'))}</td><td>{esc(by)}</td></tr>")
         parts.append("</table>")
     if links:
         parts.append("<h2>Example dialogues</h2><ul>")

@@ -86,16 +86,8 @@ def score_replies(rows: list[dict], replies: list[str], reader: dict | None) -> 
 
         client = make_client(transport, 300.0)
     extractor = Extractor(client, "extractor", reader.get("mode", "auto") if client else "rules")
-
-    async def read_all():
-        gate = asyncio.Semaphore(32)
-
-        async def one(row, reply):
-            async with gate:
-                return await extractor.read(row.get("question") or "", reply, row.get("choices"))
-        return await asyncio.gather(*(one(r, x) for r, x in zip(rows, replies)))
-
-    readings = asyncio.run(read_all())
+    readings = asyncio.run(extractor.read_many([(row.get("question") or "", reply, row.get("choices"))
+                                                for row, reply in zip(rows, replies)]))
     return [is_correct(resolve(reading.outcome, reading.answer, own_previous=row.get("persuadee_before"),
                                partner_latest=row.get("persuader_answer"), choices=row.get("choices")),
                        row["gold"], row.get("choices"))
@@ -119,6 +111,7 @@ def persuasion_accuracy(model, tokenizer, rows: list[dict], *, synced: bool, max
     tokenizer.padding_side = "left"
     model_was_training = model.training
     model.eval()
+    scored: list[tuple[dict, str]] = []  # every counted reply, read in one go after generation
     try:
         for start in range(0, len(mine), batch_size):
             chunk = mine[start:start + batch_size]
@@ -128,16 +121,16 @@ def persuasion_accuracy(model, tokenizer, rows: list[dict], *, synced: bool, max
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
                                      pad_token_id=tokenizer.pad_token_id)
             replies = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            scored = [(row, reply) for (row, counted), reply in zip(chunk, replies)
-                      if counted and row["type"] in ("resist", "accept")]
-            rights = score_replies([r for r, _ in scored], [x for _, x in scored], reader) if scored else []
-            for (row, _), right in zip(scored, rights):
-                slot = 0 if row["type"] == "resist" else 2
-                counts[slot] += right
-                counts[slot + 1] += 1
+            scored += [(row, reply) for (row, counted), reply in zip(chunk, replies)
+                       if counted and row["type"] in ("resist", "accept")]
     finally:
         tokenizer.padding_side = side
         model.train(model_was_training)
+    rights = score_replies([r for r, _ in scored], [x for _, x in scored], reader) if scored else []
+    for (row, _), right in zip(scored, rights):
+        slot = 0 if row["type"] == "resist" else 2
+        counts[slot] += right
+        counts[slot + 1] += 1
     if dist.is_initialized():
         dist.all_reduce(counts)
     resist = (counts[0] / counts[1]).item() if counts[1] else float("nan")

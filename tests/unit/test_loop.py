@@ -164,3 +164,5 @@ def test_grow_summary_reports_the_none_rate(tmp_path):
     summary = GrowSummary(grown=1, turns=10, reads={"none": 3, "answer": 6, "disagree": 1, "read_by:rule": 10})
     text = loop.format_grow_summary(summary, cfg_in(tmp_path))
     assert "answers read (extract.mode rules): NONE in 3 of 10 turns (30.0%); answer 6, agree 0, disagree 1; read by rule 10" in text
+    summary.none_rate_ci95 = [0.2, 0.4]
+    assert "NONE in 3 of 10 turns (30.0%, 95% CI 20.0%-40.0% over trees)" in loop.format_grow_summary(summary, cfg_in(tmp_path))

@@ -117,6 +117,8 @@ def test_extractor_modes_and_requests():
     prompt = asyncio.run(Extractor(engine, "extractor", "prompt").read("Q?", "Paris"))
     assert prompt == Reading("answer", "Lyon", "prompt") and "structured_outputs" not in calls[-1]
     assert asyncio.run(auto.read("Q?", "  ")) == Reading("none", None, "empty")
+    many = asyncio.run(auto.read_many([(MILK, "(C)", FRIDGE), ("Q?", ""), (MILK, "(A) cupboard", FRIDGE)], concurrency=1))
+    assert [(r.outcome, r.answer) for r in many] == [("answer", "C"), ("none", None), ("answer", "A")]  # in order
     with pytest.raises(ValueError, match="extract.mode"):
         Extractor(engine, "extractor", "guess")
 

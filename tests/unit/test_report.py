@@ -56,5 +56,6 @@ def test_report_shows_how_answers_were_read(tmp_path):
     readings = summary["base"]["are-you-sure"]["readings"]
     assert readings["n"] == 4 and readings["outcomes"] == {"answer": 2, "disagree": 1, "none": 1}
     assert readings["read_by"] == {"rule": 2, "rules-abstained": 1, "constrained": 1} and readings["none_rate"] == 0.25
+    assert readings["items"] == 2 and readings["none_rate_ci95"] == [0.0, 0.5]  # bootstrap over the 2 items
     page = (run / "report" / "report.html").read_text()
     assert "How answers were read" in page and "constrained 1, rule 2, rules-abstained 1" in page
