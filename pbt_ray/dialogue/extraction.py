@@ -174,7 +174,7 @@ class Extractor:
         """Readings of many ``(question, reply, choices)``, in order, at most ``concurrency`` requests at once."""
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(question: str, reply: str, choices: dict[str, str] | None) -> Reading:
+        async def one(question: str, reply: str, choices: dict[str, str] | None = None) -> Reading:
             async with gate:
                 return await self.read(question, reply, choices)
 
