@@ -118,6 +118,18 @@ class ServedModelConfig(_Strict):
     )
     max_lora_rank: PositiveInt = Field(16, description="Largest LoRA rank the engine accepts (train.lora_r).")
     max_adapters: PositiveInt = Field(4, description="LoRA adapters one replica holds at once.")
+    chat_format: Literal["auto", "native", "fold_system"] = Field(
+        "auto",
+        description="How the project's chat messages reach this model's chat template. native: as they are (a system "
+        "message, then turns). fold_system: the system text is folded into the first user turn and same-role turns "
+        "are merged, for templates that refuse a system role or demand strict user/assistant alternation "
+        "(Mistral-7B-Instruct-v0.2: 'Conversation roles must alternate', vllm-project/vllm#6862). auto: decided "
+        "when the app is deployed, by rendering the model's own template with the project's message shapes.",
+    )
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="Memory of one GPU in GiB, for the serving memory check (None: from "
+        "accelerator_type - H100 80, H200 141, A100 80, L40S 48, A10G/L4 24 - else 80).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServedModelConfig:
@@ -288,9 +300,10 @@ class MineConfig(_Strict):
     )
     seed: int = Field(12, description="Seed of the split hashing and the balanced sampling.")
     stance_check: bool = Field(
-        False,
+        True,
         description="Ask the extractor model whether each reply agrees with the persuader, and keep a pair only "
-        "if the chosen reply's stance fits its type (resist: disagrees; accept: agrees).",
+        "if the chosen reply's stance fits its type (resist: disagrees; accept: agrees): the paper's model "
+        "filtering (§2.6-2.7, on in all its data). Off in the local preset, whose 135M extractor cannot judge stance.",
     )
     on_broken_tree: Literal["skip", "fail"] = Field("skip", description="Broken trees: report and skip, or fail the run.")
 
@@ -309,20 +322,39 @@ class TrainConfig(_Strict):
     """
 
     base_model: str = Field("embedded", description="Model to train: 'embedded', a hub id or a local directory.")
+    served_as: str | None = Field(
+        None,
+        description="The served model id that is this base, untrained: the 'base' evaluations evaluate it, and the "
+        "trained model is served with its settings (tensor parallel, memory). None: the served model whose source "
+        "is train.base_model; the config is refused when none is, so base and trained never differ in more than "
+        "the training.",
+    )
     pairs: str | None = Field(None, description="Directory written by `pbt mine` (pairs/{train,dev}.parquet); None: <run dir>/preferences.")
     storage_path: str | None = Field(
         None, description="Where Ray Train keeps checkpoints: a local directory or an s3:// / gs:// URI; None: <run dir>/checkpoints."
     )
     run_name: str = Field("dpo", description="Ray Train run name under storage_path; a rerun with the same name resumes.")
-    sft: bool = Field(False, description="Run an SFT stage on the chosen replies first (paper: yes, 240 steps), merged before DPO.")
-    sft_max_steps: PositiveInt = Field(240, description="SFT steps (paper: 240).")
+    sft: bool = Field(True, description="Run an SFT stage on the chosen replies first, merged before DPO (paper §4.1: yes).")
+    sft_max_steps: PositiveInt = Field(240, description="SFT optimizer steps (paper: 240).")
+    sft_batch_size: PositiveInt | None = Field(
+        80, description="SFT replies per optimizer step over all workers (paper: 8 x 10 = 80 for 7-8B, 78 for 70B); "
+        "must be a multiple of sft_per_device_batch_size x sft workers. None: sft_gradient_accumulation decides.")
+    sft_per_device_batch_size: PositiveInt = Field(8, description="SFT replies per worker per micro-step (paper: 8 for 7-8B).")
+    sft_gradient_accumulation: PositiveInt | None = Field(
+        None, description="SFT micro-steps per optimizer step; None: derived from sft_batch_size.")
+    sft_num_workers: PositiveInt | None = Field(None, description="Ray Train workers of the SFT stage (None: num_workers).")
     epochs: float = Field(5.0, gt=0, description="DPO epochs (paper: 5 for 7-8B, 2 for 70B); ignored when max_steps > 0.")
     max_steps: int = Field(-1, description="DPO optimizer steps; -1 runs `epochs`.")
     learning_rate: float = Field(5e-4, gt=0, description="Peak learning rate (paper: 5e-4, the value that actually ran).")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name (paper: cosine).")
     warmup_steps: int = Field(100, ge=0, description="Warmup steps (paper: 100).")
+    batch_size: PositiveInt | None = Field(
+        35, description="DPO pairs per optimizer step over all workers (paper: 7 x 5 = 35 for 8B, 5 x 7 = 35 for 70B, "
+        "on one model-parallel process); must be a multiple of per_device_batch_size x num_workers. None: "
+        "gradient_accumulation decides.")
     per_device_batch_size: PositiveInt = Field(7, description="Pairs per worker per micro-step (paper: 7 for 8B).")
-    gradient_accumulation: PositiveInt = Field(5, description="Micro-steps per optimizer step (paper: 5, i.e. 35 pairs per step on 1 device).")
+    gradient_accumulation: PositiveInt | None = Field(
+        None, description="Micro-steps per optimizer step; None: derived from batch_size (35 / (7 x 1) = 5 on one worker).")
     eval_batch_size: PositiveInt = Field(6, description="Pairs per worker per evaluation step.")
     beta: float = Field(0.1, gt=0, description="DPO beta (paper: 0.1).")
     loss_type: str = Field("sigmoid", description="TRL DPO loss (paper: sigmoid).")
@@ -343,7 +375,7 @@ class TrainConfig(_Strict):
     offload_params: bool = Field(False, description="ZeRO-3: keep parameters in CPU memory.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU workers, fp32 on CPU workers.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward (paper: on).")
-    num_workers: PositiveInt = Field(2, description="Ray Train workers (one per GPU on GPU clusters).")
+    num_workers: PositiveInt = Field(1, description="Ray Train workers (one per GPU on GPU clusters); the paper ran one process per run.")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per worker.")
     accelerator_type: str | None = Field(None, description="GPU type to schedule on, e.g. 'H100'.")
@@ -353,6 +385,12 @@ class TrainConfig(_Strict):
     logging_steps: PositiveInt = Field(10, description="Log metrics every N optimizer steps.")
     eval_steps: PositiveInt | None = Field(None, description="Evaluate on the dev split every N steps; None: once per epoch.")
     dev_limit: PositiveInt = Field(1000, description="Dev pairs evaluated at most (paper: 1000).")
+    select: Literal["best_dev_balanced", "last"] = Field(
+        "best_dev_balanced",
+        description="Which DPO adapter is exported: the one with the best dev balanced accuracy over the evaluations "
+        "(paper §4.4: load_best_model_at_end on the flip-flop accuracy; needs generation_eval and dev pairs, else "
+        "the last), or the last.",
+    )
     generation_eval: bool = Field(
         True,
         description="At each evaluation also generate the policy's reply to every dev prompt (greedy) and log "
@@ -364,6 +402,61 @@ class TrainConfig(_Strict):
     loggers: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(
         default_factory=list, description="Experiment trackers (through transformers' integrations)."
     )
+
+    @model_validator(mode="after")
+    def _batches(self) -> "TrainConfig":
+        for stage in ("dpo", "sft"):
+            self.accumulation(stage)
+        return self
+
+    def workers(self, stage: str = "dpo") -> int:
+        return (self.sft_num_workers or self.num_workers) if stage == "sft" else self.num_workers
+
+    def accumulation(self, stage: str = "dpo") -> int:
+        """Micro-steps per optimizer step of ``stage`` (dpo | sft): from the global batch when it is set."""
+        prefix, field = ("sft_", "sft_batch_size") if stage == "sft" else ("", "batch_size")
+        total = getattr(self, field)
+        micro = getattr(self, f"{prefix}per_device_batch_size")
+        explicit = getattr(self, f"{prefix}gradient_accumulation")
+        workers = self.workers(stage)
+        if total is None:
+            return explicit or 1
+        per_step = micro * workers
+        if total % per_step:
+            fits = [w for w in range(1, min(total, 64) + 1) if total % w == 0]
+            raise ValueError(
+                f"{field} {total} is not a multiple of {prefix}per_device_batch_size {micro} x "
+                f"{'sft_num_workers' if stage == 'sft' and self.sft_num_workers else 'num_workers'} {workers} = "
+                f"{per_step}; pick workers and a micro-batch that divide it (worker x micro-batch products that do: "
+                f"{', '.join(map(str, fits[:10]))}), or set {field}: null to use {prefix}gradient_accumulation")
+        derived = total // per_step
+        if explicit is not None and explicit != derived:
+            raise ValueError(f"{prefix}gradient_accumulation {explicit} contradicts {field} {total} = {micro} x "
+                             f"{workers} workers x {derived}; set one of them (the other null)")
+        return derived
+
+    def global_batch(self, stage: str = "dpo") -> int:
+        micro = self.sft_per_device_batch_size if stage == "sft" else self.per_device_batch_size
+        return micro * self.workers(stage) * self.accumulation(stage)
+
+
+class SeatConfig(_Strict):
+    """One seat of the team debate (PBT_SPEC.md §5.4)."""
+
+    model: str | None = Field(None, description="Served model id or role of the seat's base model (None: the strong "
+                              "seat takes the persuader role, the weak seat the trained model's base).")
+    trained: str | None = Field(
+        None, description="Who sits here in the trained evaluation: null (the base model, in every evaluation), "
+        "'this-run' (this run's trained model; the seat's model must be its base), or the run directory of another "
+        "pbt run whose trained adapter is merged and served in this seat (the paper's 70B + 8B team, both trained).",
+    )
+
+
+class TeamConfig(_Strict):
+    """The team debate (§5.4): a strong and a weak model discuss each question, once with each speaking first."""
+
+    strong: SeatConfig = Field(default_factory=SeatConfig, description="The stronger model's seat.")
+    weak: SeatConfig = Field(default_factory=lambda: SeatConfig(trained="this-run"), description="The weaker model's seat.")
 
 
 class EvalConfig(_Strict):
@@ -377,11 +470,13 @@ class EvalConfig(_Strict):
         None, description="Question source of are-you-sure, misinformation and team (None: grow.questions); only "
         "questions whose split (mine.seed, mine.split_fractions) is 'test' are used, so training never saw them.",
     )
-    limit: PositiveInt | None = Field(50, description="Items per evaluation (None: all).")
+    limit: PositiveInt | None = Field(
+        1000, description="Questions of are-you-sure, misinformation and team at most (paper: 1000 validation questions; "
+        "None: all).")
+    balanced_limit: PositiveInt | None = Field(None, description="Balanced items at most (paper: the whole test split; None: all).")
     model: str | None = Field(None, description="Model id evaluated (None: the persuadee role of the debater app).")
     extractor: str | None = Field(None, description="Model id that extracts answers (None: the extractor role); named in every result.")
-    strong: str | None = Field(None, description="team: the stronger model's id (None: the persuader role).")
-    weak: str | None = Field(None, description="team: the weaker model's id (None: the persuadee role).")
+    team: TeamConfig = Field(default_factory=TeamConfig, description="team: the two seats.")
     max_tokens: PositiveInt = Field(80, description="New tokens per evaluated reply.")
     balanced_temperature: float = Field(
         0.7, ge=0, le=2, description="balanced: sampling temperature of the evaluated replies (paper §5.1: 0.7, top_p 1, "
@@ -390,7 +485,18 @@ class EvalConfig(_Strict):
     concurrency: PositiveInt = Field(32, description="Requests in flight at once.")
     appeals: list[Literal["repetition", "logical", "credibility", "emotional"]] = Field(
         default_factory=lambda: ["repetition", "logical", "credibility", "emotional"],
-        description="misinformation: the persuader's appeals, in order, one turn each.",
+        description="misinformation: the persuader's appeals, one turn each (in this order for the first item).",
+    )
+    rotate_appeals: bool = Field(
+        True, description="misinformation: rotate the appeal order from item to item, so every appeal comes at every "
+        "position equally often and the per-appeal rates are not confounded with the turn.",
+    )
+    misinformation_targets: str = Field(
+        "auto",
+        description="misinformation: where each question's wrong answer comes from. auto: multiple choice, a wrong "
+        "choice (the one the debaters picked most in this run's trees); free form, the wrong answer the debaters gave "
+        "most often for that question in the trees, else one the persuader role generates as plausible but wrong "
+        "(checked wrong by the matcher). Or the path of a Farm-format JSON/JSONL file (docs/evaluation.md).",
     )
 
 
@@ -438,6 +544,47 @@ class PBTConfig(_Strict):
         if self.rounds > 1 and not self.feed_roles:
             raise ValueError("rounds > 1 needs at least one role in feed_roles (persuadee, persuader)")
         return self
+
+    @model_validator(mode="after")
+    def _base_and_seats(self) -> "PBTConfig":
+        self.base_served()  # the base evaluated is the model trained
+        ids = {m.id for m in self.serve.models} | set(self.serve.roles)
+        for name in ("strong", "weak"):
+            seat = getattr(self.eval.team, name)
+            if seat.model is not None and seat.model not in ids:
+                raise ValueError(f"eval.team.{name}.model '{seat.model}' is not a served model id or role; "
+                                 f"served: {sorted(m.id for m in self.serve.models)}, roles: {sorted(self.serve.roles)}")
+            if seat.trained == "this-run" and self.seat_model(name) != self.base_served().id:
+                raise ValueError(f"eval.team.{name}.trained is 'this-run' but the seat's model "
+                                 f"'{self.seat_model(name)}' is not the model this run trains "
+                                 f"('{self.base_served().id}', source {self.train.base_model}); seat that model "
+                                 "there, or set trained to null or another run's directory")
+        return self
+
+    def base_served(self) -> ServedModelConfig:
+        """The served model that is ``train.base_model`` untrained (``train.served_as``, else the one whose
+        source is the base model): the 'base' evaluations evaluate it and the trained model takes its settings."""
+        if self.train.served_as is not None:
+            target = self.serve.roles.get(self.train.served_as, self.train.served_as)
+            if target not in {m.id for m in self.serve.models}:
+                raise ValueError(f"train.served_as '{self.train.served_as}' is not a served model id or role; "
+                                 f"served: {sorted(m.id for m in self.serve.models)}")
+            return self.serve.model(target)
+        matches = [m for m in self.serve.models if m.source == self.train.base_model]
+        if not matches:
+            raise ValueError(
+                f"train.base_model {self.train.base_model} is not served: no serve.models entry has that source, so "
+                f"the 'base' evaluation would evaluate a different model than the one trained. Serve it, or name the "
+                f"served model that is this base with train.served_as (served: "
+                f"{', '.join(f'{m.id} ({m.source})' for m in self.serve.models)})")
+        return matches[0]
+
+    def seat_model(self, seat: str) -> str:
+        """The served model id of a team seat's base model (roles resolved)."""
+        chosen = getattr(self.eval.team, seat).model
+        if chosen is None:
+            return self.serve.roles["persuader"] if seat == "strong" else self.base_served().id
+        return self.serve.roles.get(chosen, chosen)
 
     @field_validator("name")
     @classmethod

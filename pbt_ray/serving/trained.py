@@ -72,13 +72,16 @@ def merged_model(path: str | Path, log=print) -> Path:
     return out
 
 
-def with_trained_model(cfg: PBTConfig, merged: Path, model_id: str = TRAINED_ID) -> PBTConfig:
-    """The config with the merged trained model added to the app (engine settings copied from the first
-    model) and the role ``trained`` pointing at it."""
-    template = cfg.serve.models[0]
+def with_trained_model(cfg: PBTConfig, merged: Path, model_id: str = TRAINED_ID, role: str | None = TRAINED_ROLE,
+                       base_id: str | None = None) -> PBTConfig:
+    """The config with the merged trained model added to the app and ``role`` pointing at it. Its engine settings
+    (tensor parallel, memory, context) are its base's (``base_id``, default the served base of train.base_model,
+    :meth:`PBTConfig.base_served`): a trained 70B needs the 70B's tensor parallel size, not the first model's."""
+    template = cfg.serve.model(base_id) if base_id else cfg.base_served()
     # Absolute: the replicas do not run in the driver's working directory on a real cluster.
     trained = ServedModelConfig(**{**template.model_dump(), "id": model_id, "source": str(Path(merged).resolve()),
                                    "min_replicas": 1, "max_replicas": max(1, template.max_replicas)})
     models = [m for m in cfg.serve.models if m.id != model_id] + [trained]
-    serve = cfg.serve.model_copy(update={"models": models, "roles": {**cfg.serve.roles, TRAINED_ROLE: model_id}})
+    roles = {**cfg.serve.roles, **({role: model_id} if role else {})}
+    serve = cfg.serve.model_copy(update={"models": models, "roles": roles})
     return cfg.model_copy(update={"serve": serve})

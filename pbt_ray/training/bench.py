@@ -111,7 +111,7 @@ def run_train_bench(cfg: PBTConfig, pairs: str | None, steps: int = 12, warmup: 
     plan = prepare(cfg, pairs, log=log)
     check_resources(tcfg, cluster_nodes(available=True), busy=True)
     world = tcfg.num_workers
-    pairs_per_step = tcfg.per_device_batch_size * tcfg.gradient_accumulation * world
+    pairs_per_step = tcfg.per_device_batch_size * tcfg.accumulation() * world
     base = {"train": tcfg.model_dump(mode="json"), "model_path": plan["model_path"],
             "files": {"train": plan["files"]["train"]}}
     work = Path(tempfile.mkdtemp(prefix="pbt-bench-train-"))

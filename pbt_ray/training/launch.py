@@ -46,16 +46,17 @@ def check_resources(tcfg: TrainConfig, nodes: list[dict[str, float]], busy: bool
     (``busy``: ``nodes`` are the resources free right now, and other work holds the rest)."""
     need = worker_resources(tcfg)
     fit = workers_that_fit(need, nodes)
-    if fit < tcfg.num_workers:
+    wanted = max(tcfg.workers("dpo"), tcfg.workers("sft") if tcfg.sft else 0)
+    if fit < wanted:
         summary = "; ".join(f"node {i}: " + ", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if k in need)
                             for i, n in enumerate(nodes)) or "no nodes"
         if busy:
             raise TrainError(
-                f"train needs {tcfg.num_workers} workers x {need} but only {fit} fit in what is free now ({summary}); "
+                f"train needs {wanted} workers x {need} but only {fit} fit in what is free now ({summary}); "
                 "the rest is held by other work on the cluster (a running Serve app, another job). Stop it, lower "
                 "train.num_workers or train.cpus_per_worker, or give it time with ray.resource_wait_s.")
         raise TrainError(
-            f"train needs {tcfg.num_workers} workers x {need} but the cluster's nodes can hold {fit} at most "
+            f"train needs {wanted} workers x {need} but the cluster's nodes can hold {fit} at most "
             f"({summary}). Lower train.num_workers or train.cpus_per_worker, or add nodes "
             "(an autoscaling cluster: raise its max workers for this node type and set ray.autoscaling=true).")
 
@@ -94,12 +95,41 @@ def prepare(cfg: PBTConfig, pairs: str | None = None, log=print) -> dict[str, An
     model_path = resolve_model_path(tcfg.base_model)
     info = check_model(model_path, tcfg.max_length, list(tcfg.lora_targets))
     storage = resolve_storage(cfg)
+    steps = check_warmup(tcfg, rows)
     log(f"[pbt] training {info['model_type']} ({info['parameters'] / 1e6:.0f}M parameters) from {model_path}: "
         f"{rows} train pairs, {dev_rows} dev pairs; {tcfg.num_workers} workers, "
         f"ZeRO-{tcfg.zero_stage}{' + offload' if tcfg.offload_optimizer or tcfg.offload_params else ''}, "
-        f"LoRA r={tcfg.lora_r} on {', '.join(tcfg.lora_targets)}; checkpoints in {storage}/{tcfg.run_name}")
+        f"LoRA r={tcfg.lora_r} on {', '.join(tcfg.lora_targets)}; "
+        f"{'SFT ' + str(tcfg.sft_max_steps) + ' steps of ' + str(tcfg.global_batch('sft')) + ', then ' if tcfg.sft else ''}"
+        f"DPO {steps} steps of {tcfg.global_batch()} pairs ({tcfg.workers()} x {tcfg.per_device_batch_size} x "
+        f"{tcfg.accumulation()}), {tcfg.warmup_steps} warm-up; checkpoints in {storage}/{tcfg.run_name}")
     return {"files": {k: str(v) for k, v in files.items()}, "model_path": model_path, "storage": storage,
             "rows": rows, "dev_rows": dev_rows, "model": info}
+
+
+def optimizer_steps(tcfg: TrainConfig, rows: int) -> int:
+    """DPO optimizer steps for ``rows`` train pairs, as transformers counts them: each worker's sampler takes
+    ceil(rows / workers) pairs, in micro-batches; an epoch is micro-batches // accumulation (at least 1)."""
+    import math
+
+    if tcfg.max_steps > 0:
+        return tcfg.max_steps
+    micro_batches = math.ceil(math.ceil(rows / tcfg.workers()) / tcfg.per_device_batch_size)
+    return math.ceil(tcfg.epochs * max(1, micro_batches // tcfg.accumulation()))
+
+
+def check_warmup(tcfg: TrainConfig, rows: int) -> int:
+    """Refuse a schedule whose warm-up never ends: with warmup_steps >= the optimizer steps, the learning rate
+    never reaches its peak (the reference's 280-pair batches gave 64 steps against 100 warm-up steps)."""
+    steps = optimizer_steps(tcfg, rows)
+    for stage, total in (("DPO", steps), ("SFT", tcfg.sft_max_steps if tcfg.sft else None)):
+        if total is not None and tcfg.warmup_steps >= total:
+            raise TrainError(
+                f"train.warmup_steps {tcfg.warmup_steps} is not below the {total} {stage} optimizer steps of this run "
+                f"({rows} pairs, {tcfg.global_batch('sft' if stage == 'SFT' else 'dpo')} per step"
+                f"{'' if stage == 'SFT' else f', {tcfg.epochs:g} epochs'}): the learning rate would never reach its "
+                f"peak. Lower train.warmup_steps (e.g. {max(0, total // 10)}), the batch, or train on more pairs")
+    return steps
 
 
 def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool = True,
@@ -204,7 +234,7 @@ def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict
         train_loop_config={"train": tcfg.model_dump(mode="json"), "model_path": model_path, "stage": stage,
                            "files": ship_files(files), "progress": queue, "samples_dir": samples_dir,
                            "reader": dev_reader(cfg, log)},
-        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
+        scaling_config=ScalingConfig(num_workers=tcfg.workers(stage), use_gpu=tcfg.use_gpu,
                                      resources_per_worker=worker_resources(tcfg),
                                      accelerator_type=tcfg.accelerator_type),
         torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),

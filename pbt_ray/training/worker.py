@@ -140,9 +140,14 @@ def persuasion_accuracy(model, tokenizer, rows: list[dict], *, synced: bool, max
             "eval_balanced_accuracy": sum(parts) / len(parts) if parts else float("nan")}
 
 
-def _with_persuasion_eval(trainer_cls, rows: list[dict], synced: bool, reader: dict | None = None):
+def _with_persuasion_eval(trainer_cls, rows: list[dict], synced: bool, reader: dict | None = None,
+                          keep_best: bool = False):
     class PersuasionEvalTrainer(trainer_cls):
-        """TRL's DPO evaluation, then the generation-based balanced accuracy logged with it."""
+        """TRL's DPO evaluation, then the generation-based balanced accuracy logged with it. With ``keep_best``
+        the adapter of the best balanced accuracy so far is saved aside (PBT_SPEC.md §4.4: the paper exports the
+        best checkpoint by this metric), and the worker exports it instead of the last."""
+
+        best: dict[str, Any] | None = None
 
         def evaluate(self, *args, **kwargs):
             metrics = super().evaluate(*args, **kwargs)
@@ -150,9 +155,31 @@ def _with_persuasion_eval(trainer_cls, rows: list[dict], synced: bool, reader: d
             extra = persuasion_accuracy(model, self.processing_class, rows, synced=synced, reader=reader)
             self.log(extra)
             metrics.update(extra)
+            score = extra["eval_balanced_accuracy"]
+            # Every rank sees the same all-reduced score, so all take the same branch: under ZeRO-3 saving
+            # gathers the adapter's shards collectively.
+            if keep_best and score == score and (self.best is None or score > self.best["eval_balanced_accuracy"]):
+                directory = (self.best or {}).get("dir") or tempfile.mkdtemp(prefix="pbt-best-")
+                self.save_model(directory)
+                self.best = {"dir": directory, "step": self.state.global_step, "eval_balanced_accuracy": score}
             return metrics
 
     return PersuasionEvalTrainer
+
+
+def select_adapter(final: Path, best: dict[str, Any] | None, select: str) -> dict[str, Any]:
+    """Put the selected adapter in ``final`` (which holds the last one): the best by dev balanced accuracy
+    when ``select`` asks for it and an evaluation scored one, else the last. Returns what was selected."""
+    import shutil
+
+    if select != "best_dev_balanced" or best is None:
+        why = "train.select is last" if select == "last" else "no dev evaluation scored a balanced accuracy"
+        return {"selected": "last", "why": why}
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        if (Path(best["dir"]) / name).is_file():
+            shutil.copy2(Path(best["dir"]) / name, final / name)
+    return {"selected": "best_dev_balanced", "selected_step": best["step"],
+            "selected_eval_balanced_accuracy": best["eval_balanced_accuracy"]}
 
 
 def _dev_rows(path: str, limit: int) -> list[dict]:
@@ -234,7 +261,8 @@ def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, sav
     evaluate = dev_data is not None and len(dev_data) > 0
     common = dict(
         output_dir=tempfile.mkdtemp(prefix=f"pbt-train-rank{rank}-"), seed=tcfg.seed, data_seed=tcfg.seed,
-        per_device_train_batch_size=tcfg.per_device_batch_size, gradient_accumulation_steps=tcfg.gradient_accumulation,
+        per_device_train_batch_size=tcfg.sft_per_device_batch_size if sft else tcfg.per_device_batch_size,
+        gradient_accumulation_steps=tcfg.accumulation("sft" if sft else "dpo"),
         per_device_eval_batch_size=tcfg.eval_batch_size,
         learning_rate=tcfg.learning_rate, lr_scheduler_type=tcfg.lr_scheduler, warmup_steps=tcfg.warmup_steps,
         max_length=tcfg.max_length, bf16=bf16, use_cpu=not tcfg.use_gpu,
@@ -270,7 +298,8 @@ def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, sav
     trainer_cls = DPOTrainer
     if evaluate and tcfg.generation_eval:
         trainer_cls = _with_persuasion_eval(DPOTrainer, _dev_rows(config["files"]["dev"], tcfg.dev_limit),
-                                            synced=tcfg.zero_stage == 3, reader=config.get("reader"))
+                                            synced=tcfg.zero_stage == 3, reader=config.get("reader"),
+                                            keep_best=tcfg.select == "best_dev_balanced")
     trainer = trainer_cls(model=model, ref_model=None, args=args, train_dataset=train_data,
                           eval_dataset=dev_data if evaluate else None, processing_class=tokenizer,
                           peft_config=peft_config, callbacks=callbacks)
@@ -312,6 +341,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trainer.save_model(str(final))  # on every rank: ZeRO-3 gathers the adapter's shards collectively
     metrics = {k: v for log in trainer.state.log_history for k, v in log.items() if isinstance(v, (int, float))}
     metrics.update({"global_step": trainer.state.global_step, "world_size": world})
+    if config.get("stage", "dpo") == "dpo":
+        from pbt_ray.config import TrainConfig
+
+        chosen = select_adapter(final, getattr(trainer, "best", None), TrainConfig(**config["train"]).select)
+        metrics.update({k: v for k, v in chosen.items() if k != "why"})
+        metrics["selected_why"] = chosen.get("why", "")
     if rank == 0:
         (final / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
         (final / FINAL_MARKER).write_text(json.dumps({"metrics": metrics}) + "\n")

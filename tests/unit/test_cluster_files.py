@@ -489,7 +489,8 @@ def test_train_job_runs_two_8_gpu_pods_with_shared_checkpoints():
     assert [(g["replicas"], gpus(g["template"]["spec"])) for g in groups] == [(2, 8)]
     group = groups[0]
     assert group["minReplicas"] == group["replicas"] == group["maxReplicas"], "training needs every node at once"
-    assert cfg.train.num_workers == 2 * 8 and cfg.train.use_gpu
+    assert cfg.train.use_gpu and max(cfg.train.workers("dpo"), cfg.train.workers("sft")) <= 2 * 8
+    assert cfg.train.global_batch("dpo") == 35 and cfg.train.global_batch("sft") == 78  # the paper's 70B batches
     cpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
     assert cpus >= 8 * cfg.train.cpus_per_worker
     assert cfg.train.storage_path.startswith(("s3://", "gs://")), "checkpoints on storage every node reaches"

@@ -72,11 +72,11 @@ def test_resources_are_checked_against_every_node():
     nodes = [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}]
     assert workers_that_fit({"CPU": 1, "GPU": 1}, nodes) == 16
     assert workers_that_fit({"CPU": 4, "GPU": 1}, nodes) == 8  # CPUs run out first
-    check_resources(TrainConfig(num_workers=16, use_gpu=True), nodes)
+    check_resources(TrainConfig(num_workers=16, use_gpu=True, batch_size=None, sft_batch_size=None), nodes)
     with pytest.raises(TrainError, match=r"17 workers x \{'CPU': 1.0, 'GPU': 1.0\}.*can hold 16.*node 0: CPU 16, GPU 8"):
-        check_resources(TrainConfig(num_workers=17, use_gpu=True), nodes)
+        check_resources(TrainConfig(num_workers=17, use_gpu=True, batch_size=None, sft_batch_size=None), nodes)
     with pytest.raises(TrainError, match="can hold 0"):
-        check_resources(TrainConfig(num_workers=2, use_gpu=True), [{"CPU": 4.0}])  # no GPU anywhere
+        check_resources(TrainConfig(num_workers=2, use_gpu=True, batch_size=None), [{"CPU": 4.0}])  # no GPU anywhere
 
 
 def test_storage_path_is_checked_before_training(tmp_path):
@@ -104,7 +104,7 @@ def test_deepspeed_configs():
 def test_paper_defaults_apply_the_learning_rate():
     cfg = TrainConfig()
     assert (cfg.learning_rate, cfg.lora_r, cfg.lora_alpha, cfg.beta, cfg.warmup_steps) == (5e-4, 16, 32, 0.1, 100)
-    assert cfg.per_device_batch_size * cfg.gradient_accumulation == 35
+    assert cfg.global_batch() == 35 and cfg.accumulation() == 5  # one process, as the paper
 
 
 def test_reply_scoring_for_the_in_training_balanced_accuracy():
@@ -159,7 +159,7 @@ def test_pairs_files_travel_to_workers_as_bytes(tmp_path):
 
 def test_train_check_tells_busy_from_too_small():
     with pytest.raises(TrainError, match="only 1 fit in what is free now.*held by other work"):
-        check_resources(TrainConfig(num_workers=2), [{"CPU": 1.0}], busy=True)
+        check_resources(TrainConfig(num_workers=2, batch_size=None), [{"CPU": 1.0}], busy=True)
 
 
 def test_a_local_model_directory_is_passed_to_workers_as_an_absolute_path(tmp_path, monkeypatch):
