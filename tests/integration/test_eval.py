@@ -45,4 +45,5 @@ def test_every_suite_against_the_served_model(debater_app, tmp_path):
     t = team["metrics"]
     assert team["items"] == 4 and t["n_by_order"] == {"strong_first": 2, "weak_first": 2}  # both speaking orders
     assert number(t["team_accuracy"]) and number(t["order_dependence"])
-    assert json.loads((tmp_path / "eval" / "eval" / "base" / "team" / "metrics.json").read_text())["strong"] == "persuader"
+    written = json.loads((tmp_path / "eval" / "eval" / "base" / "team" / "metrics.json").read_text())
+    assert written["strong"] == cfg.serve.roles["persuader"] and written["weak"] == cfg.base_served().id  # eval.team seats
