@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU [80, H100]")
     p.add_argument("--cpu-memory", type=float, default=1800.0, help="GiB of CPU memory per node [1800]")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("-c", "--config", default=None,
+                   help="plan a config's training (train.*: model, workers, ZeRO, micro-batch, length) and check that "
+                        "every GPU model it serves, the trained model included (with its base's settings), fits "
+                        "its GPUs; the model/setting flags above are then ignored")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with -c: dotted overrides of the config")
 
     p = sub.add_parser("eval", help="run a persuasion evaluation against an endpoint: balanced, are-you-sure, "
                                     "misinformation, team")
@@ -180,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.questions import QuestionFileError
     from pbt_ray.serving.app import ServeError
     from pbt_ray.serving.client import EndpointError
+    from pbt_ray.serving.chat_format import ChatFormatError
+    from pbt_ray.serving.memory import ServingMemoryError
 
     try:
         return _dispatch(args)
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
             TrainDataError, TrainError, ResourceError, EvalError,
-            ReportError, LoopError) as exc:
+            ReportError, LoopError, ServingMemoryError, ChatFormatError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -386,9 +393,11 @@ def _mine(cfg, args) -> int:
         return 0
     from pbt_ray.dialogue.pipeline import request_models
     from pbt_ray.preferences.stance import endpoint_stance_check
+    from pbt_ray.serving.chat_format import chat_formats
 
     def run_with(url: str) -> None:
-        check = endpoint_stance_check(url, request_models(cfg)["extractor"], cfg.serve.request_timeout_s)
+        check = endpoint_stance_check(url, request_models(cfg)["extractor"], cfg.serve.request_timeout_s,
+                                      formats=chat_formats(cfg))
         mine(cfg, stance_check=check, **kwargs)
 
     if args.url:
@@ -415,9 +424,51 @@ def _train(cfg, args) -> int:
     return 0
 
 
+def _plan_config(args) -> int:
+    """`pbt plan-train -c CONFIG`: the config's DPO run and its served models (the trained one included)."""
+    import math
+
+    from pbt_ray.serving.memory import ServingMemoryError, check_serving_memory
+    from pbt_ray.training.plan import Setting, cheapest, format_plan, model_spec, plan
+
+    from pbt_ray.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    tcfg = cfg.train
+    ok = True
+    if tcfg.use_gpu:
+        per_node = min(tcfg.workers(), args.gpus_per_node)
+        setting = Setting(gpus_per_node=per_node, nodes=math.ceil(tcfg.workers() / per_node), zero_stage=tcfg.zero_stage,
+                          offload_optimizer=tcfg.offload_optimizer, offload_params=tcfg.offload_params,
+                          lora_rank=tcfg.lora_r, lora_targets=tuple(tcfg.lora_targets), seq_len=tcfg.max_length,
+                          micro_batch=tcfg.per_device_batch_size, gradient_checkpointing=tcfg.gradient_checkpointing,
+                          gpu_memory_gib=args.gpu_memory, cpu_memory_gib=args.cpu_memory)
+        try:
+            result = plan(model_spec(tcfg.base_model), setting)
+        except ValueError as exc:
+            print(f"pbt plan-train: {exc}", file=sys.stderr)
+            return 2
+        print(f"training (DPO, {tcfg.global_batch()} pairs per step = {tcfg.workers()} workers x "
+              f"{tcfg.per_device_batch_size} x {tcfg.accumulation()}):")
+        print(format_plan(result, None if result.fits else cheapest(model_spec(tcfg.base_model), setting)))
+        ok = result.fits
+    else:
+        print(f"training: {tcfg.workers()} CPU workers (no GPU plan)")
+    print("serving (per replica; the trained model with its base's settings):")
+    try:
+        for line in check_serving_memory(cfg, with_trained=True):
+            print("  " + line)
+    except ServingMemoryError as exc:
+        print(f"  {exc}")
+        ok = False
+    return 0 if ok else 1
+
+
 def _plan_train(args) -> int:
     from pbt_ray.training.plan import Setting, cheapest, format_plan, model_spec, plan
 
+    if args.config:
+        return _plan_config(args)
     try:
         spec = model_spec(args.model)
         setting = Setting(gpus_per_node=args.gpus_per_node, nodes=args.nodes, zero_stage=args.zero,

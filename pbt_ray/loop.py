@@ -49,6 +49,7 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
     from pbt_ray.dialogue.growth import GrowthEngine
     from pbt_ray.dialogue.pipeline import request_models
     from pbt_ray.questions import Question, load_bundled
+    from pbt_ray.serving.chat_format import chat_formats
     from pbt_ray.serving.client import ChatClient
 
     text = question or cfg.debate.question
@@ -57,7 +58,8 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
                           persuader=cfg.grow.persuader, independent_first=cfg.grow.independent_first)
 
     async def hold() -> Tree:
-        client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, max_retries=0)  # the engine retries
+        client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, max_retries=0,  # the engine retries
+                            formats=chat_formats(cfg))
         try:
             (tree,) = await GrowthEngine(client, grow_cfg, request_models(cfg), cfg.extract.mode).grow([q])
             return tree
@@ -264,10 +266,12 @@ def mine_stage(cfg: PBTConfig, url: str, log=print) -> dict:
     from pbt_ray.dialogue.pipeline import request_models
     from pbt_ray.preferences.mining import mine
     from pbt_ray.preferences.stance import endpoint_stance_check
+    from pbt_ray.serving.chat_format import chat_formats
 
     check = None
     if cfg.mine.stance_check:
-        check = endpoint_stance_check(url, request_models(cfg)["extractor"], cfg.serve.request_timeout_s)
+        check = endpoint_stance_check(url, request_models(cfg)["extractor"], cfg.serve.request_timeout_s,
+                                      formats=chat_formats(cfg))
     return mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), stance_check=check, log=log)
 
 
@@ -293,11 +297,11 @@ def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, l
     from pbt_ray.evaluation.stage import EvalError, evaluate
     from pbt_ray.serving.trained import TRAINED_ROLE, has_adapter
 
-    def run_suites(label: str, endpoint: str, model: str | None, serve) -> None:
-        # The evaluated model answers the single-model suites; in the team debate it is the weaker partner
-        # (the persuadee's seat) next to the persuader.
-        ecfg = top.model_copy(update={"serve": serve,
-                                      "eval": top.eval.model_copy(update={"model": model, "weak": model})})
+    def run_suites(label: str, endpoint: str, model: str | None, serve, team=None) -> None:
+        # The evaluated model answers the single-model suites; the team debate seats eval.team's models, with
+        # the trained ones in their seats for the trained evaluation (trained_seats).
+        ecfg = top.model_copy(update={"serve": serve, "eval": top.eval.model_copy(
+            update={"model": model, **({"team": team} if team is not None else {})})})
         for suite in top.eval.suites:
             try:
                 evaluate(ecfg, suite, endpoint, label=label, log=log)
@@ -308,8 +312,31 @@ def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, l
         run_suites("base", url, None, cfg.serve)
     if has_adapter(cfg.run_dir):
         with trained_endpoint(cfg, log) as (trained_url, tcfg):
-            run_suites(eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve)
+            run_suites(eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve, trained_seats(top, tcfg))
     mark_done(cfg.run_dir, state, "eval")
+
+
+def seat_model_id(seat: str) -> str:
+    """The served id of another run's trained model seated in ``seat`` of the team debate."""
+    return f"pbt-trained-{seat}"
+
+
+def trained_seats(top: PBTConfig, tcfg: PBTConfig):
+    """eval.team for the trained evaluation: a seat whose ``trained`` is 'this-run' takes this run's trained
+    model (role ``trained`` of ``tcfg``), a seat naming another run directory takes that run's trained model
+    (added to the app by :func:`trained_endpoint`), any other seat keeps its base model."""
+    from pbt_ray.serving.trained import TRAINED_ROLE
+
+    seats = {}
+    for name in ("strong", "weak"):
+        seat = getattr(top.eval.team, name)
+        if seat.trained == "this-run":
+            seats[name] = seat.model_copy(update={"model": TRAINED_ROLE})
+        elif seat.trained:
+            seats[name] = seat.model_copy(update={"model": seat_model_id(name)})
+        else:
+            seats[name] = seat.model_copy(update={"model": top.seat_model(name)})
+    return top.eval.team.model_copy(update=seats)
 
 
 @contextlib.contextmanager
@@ -320,6 +347,16 @@ def trained_endpoint(cfg: PBTConfig, log=print) -> Iterator[tuple[str, PBTConfig
     from pbt_ray.serving.trained import merged_model, with_trained_model
 
     tcfg = with_trained_model(cfg, merged_model(cfg.run_dir, log=log))
+    for name in ("strong", "weak"):  # another run's trained model in a team seat: served next to ours
+        seat = getattr(cfg.eval.team, name)
+        if seat.trained and seat.trained != "this-run":
+            from pbt_ray.serving.trained import has_adapter
+
+            if not has_adapter(seat.trained):
+                raise LoopError(f"eval.team.{name}.trained: {seat.trained} holds no trained adapter "
+                                f"({seat.trained}/adapter); finish that run first or set it to null")
+            tcfg = with_trained_model(tcfg, merged_model(seat.trained, log=log), model_id=seat_model_id(name),
+                                      role=None, base_id=cfg.seat_model(name))
     deploy(tcfg, log=log)
     yield wait_ready(tcfg, log=log), tcfg
 

@@ -177,13 +177,14 @@ def format_results(results: dict[str, dict[str, Any]], gold: str, model: str) ->
 def run_extract_bench(cfg, gold: str, url: str | None, model: str | None, modes: list[str],
                       concurrency: int = 32, log=print) -> dict[str, Any]:
     """Load the gold file, reach the extractor (``url`` or the config's debater app), measure every mode."""
+    from pbt_ray.serving.chat_format import chat_formats
     from pbt_ray.serving.client import ChatClient
 
     items = load_gold(gold)
     log(f"[pbt] {len(items)} labelled replies from {gold}; modes: {', '.join(modes)}")
 
     async def go(endpoint: str, model_id: str):
-        client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s)
+        client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s, formats=chat_formats(cfg))
         try:
             return await measure(client, model_id, items, modes, cfg.grow.extractor_max_tokens, concurrency)
         finally:

@@ -153,20 +153,25 @@ def reading_counts(tree: Tree) -> dict[str, int]:
 
 
 def transport_for(cfg: PBTConfig, url: str) -> dict:
-    """How growers reach the models (see ``GrowConfig.client``), as plain data for the actors."""
+    """How growers reach the models (see ``GrowConfig.client``), as plain data for the actors. ``formats``:
+    how each model's chat template wants the messages, decided here on the driver once (a probe loads a
+    tokenizer; the actors then need none)."""
+    from pbt_ray.serving.chat_format import chat_formats
+
+    formats = chat_formats(cfg)
     if cfg.grow.client == "handle" or (cfg.grow.client == "auto" and not cfg.grow.endpoint):
         return {"kind": "handle", "app_name": cfg.serve.app_name, "aliases": dict(cfg.serve.roles),
-                "served": [m.id for m in cfg.serve.models]}
-    return {"kind": "http", "url": url}
+                "served": [m.id for m in cfg.serve.models], "formats": formats}
+    return {"kind": "http", "url": url, "formats": formats}
 
 
 def make_client(transport: dict, timeout_s: float):
     from pbt_ray.serving.client import ChatClient, HandleChatClient
 
     if transport["kind"] == "handle":
-        return HandleChatClient(transport["app_name"], transport["aliases"], transport["served"])
+        return HandleChatClient(transport["app_name"], transport["aliases"], transport["served"], transport.get("formats"))
     # The growth engine retries itself (grow.retries), so the SDK's own retries are off.
-    return ChatClient(transport["url"], timeout_s=timeout_s, max_retries=0)
+    return ChatClient(transport["url"], timeout_s=timeout_s, max_retries=0, formats=transport.get("formats"))
 
 
 # ---- the driver ------------------------------------------------------------------------------

@@ -11,16 +11,16 @@ dropped silently.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pbt_ray.answers import is_correct, resolve, same_answer
+from pbt_ray.answers import is_correct, resolve
 from pbt_ray.dialogue.extraction import Extractor
 from pbt_ray.dialogue.reading import Reading
 from pbt_ray.dialogue.rules import NEUTRAL_SAMPLING
+from pbt_ray.evaluation.misinformation import Target, appeal_order
 from pbt_ray.evaluation.protocols import (
-    BELIEF_CHECK, are_you_sure_followups, first_turn, misinformation_turns,
+    APPEALS, BELIEF_CHECK, are_you_sure_followups, first_turn, misinformation_turns,
 )
 from pbt_ray.questions import Question
 
@@ -68,17 +68,24 @@ class Evaluator:
                 "readings": [_reading(first_read), _reading(final_read)],
                 "before": is_correct(first, q.answers, q.choices), "after": is_correct(final, q.answers, q.choices)}
 
-    async def misinformation(self, q: Question, wrong: str, appeals: list[str] | None = None) -> dict[str, Any]:
-        """Farm-style (§5.3): after the model's first answer, one persuasion message per appeal for ``wrong``;
-        after each the model replies and is asked for its current answer (the belief check). The persuader
-        is the partner: agreeing with it is adopting ``wrong``, disagreeing keeps the previous answer."""
+    async def misinformation(self, q: Question, target: Target, appeals: list[str] | None = None, *, index: int = 0,
+                             rotate: bool = True) -> dict[str, Any]:
+        """Farm-style (§5.3): after the model's first answer, one persuasion message per appeal for the
+        ``target`` (in the order rotated by the item's ``index`` when ``rotate``); after each the model replies
+        and is asked for its current answer (the belief check). The persuader is the partner: agreeing with
+        it is adopting the target, disagreeing keeps the previous answer. Adopted: the resolved answer is the
+        target or one of its aliases, by the one matcher."""
+        if target.answer is None:
+            raise ValueError(f"question {q.id}: no misinformation target ({target.error})")
+        order = appeal_order(list(appeals or APPEALS), index, rotate)
+        wrong = target.shown
         messages = first_turn(q.question, q.choices)
         first = await self.reply(messages)
         first_read = await self.read(q.question, first, q.choices)
         initial = resolve(first_read.outcome, first_read.answer, choices=q.choices)
         messages.append({"role": "assistant", "content": first})
         adopted, answers, readings, previous = [], [], [_reading(first_read)], initial
-        for turn in misinformation_turns(wrong, appeals):
+        for turn in misinformation_turns(wrong, order, target.texts):
             messages.append({"role": "user", "content": turn})
             messages.append({"role": "assistant", "content": await self.reply(messages)})
             check = await self.reply([*messages, {"role": "user", "content": BELIEF_CHECK}])
@@ -87,9 +94,10 @@ class Evaluator:
                              choices=q.choices)
             answers.append(answer)
             readings.append(_reading(reading))
-            adopted.append(same_answer(answer, wrong, q.choices))
+            adopted.append(target.adopted(answer, q.answers, q.choices))
             previous = answer
-        return {"question_id": q.id, "wrong": wrong, "initial_correct": is_correct(initial, q.answers, q.choices),
+        return {"question_id": q.id, "index": index, "wrong": wrong, "target": target.record(), "appeals": order,
+                "initial_answer": initial, "initial_correct": is_correct(initial, q.answers, q.choices),
                 "answers": answers, "readings": readings, "adopted": adopted}
 
     async def balanced(self, item: dict) -> dict[str, Any]:
@@ -105,19 +113,6 @@ class Evaluator:
 
 def _reading(reading: Reading) -> dict[str, Any]:
     return {"outcome": reading.outcome, "answer": reading.answer, "read_by": reading.method}
-
-
-def wrong_answer(q: Question, pool: list[Question], seed: int = 12) -> str:
-    """The misinformation to argue for: a wrong choice (multiple choice), else another question's gold answer
-    (seeded per question). Farm ships generated, plausible misinformation; pass its file when you have it."""
-    rng = random.Random(f"{seed}|{q.id}")
-    if q.choices:
-        wrong = [label for label in q.choices if not is_correct(label, q.answers, q.choices)]
-        return rng.choice(wrong)
-    others = [o.answers[0] for o in pool if o.id != q.id and not is_correct(o.answers[0], q.answers)]
-    if not others:
-        raise ValueError(f"question {q.id}: no other question's answer to use as misinformation")
-    return rng.choice(others)
 
 
 async def run_all(items: list, run_one: Callable[[Any], Awaitable[dict]], key: str = "id",

@@ -25,14 +25,19 @@ class EvalError(ValueError):
 
 
 def held_out_questions(cfg: PBTConfig) -> tuple[list, list]:
-    """(the test-split questions to evaluate, every question of the set: the misinformation pool)."""
+    """(the held-out questions to evaluate, every question of the set)."""
     from pbt_ray.preferences.datasets import split_of
     from pbt_ray.questions import load_questions
 
-    every = load_questions(cfg.eval.questions or cfg.grow.questions, None, "skip").questions
-    test = [q for q in every if split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) == "test"]
+    source = cfg.eval.questions or cfg.grow.questions
+    every = load_questions(source, None, "skip").questions
+    if source != cfg.grow.questions:
+        # Another source (the paper: TriviaQA validation, §5.2 / §5.4) never fed the trees: all of it is held out.
+        test = every
+    else:
+        test = [q for q in every if split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) == "test"]
     if not test:
-        raise EvalError(f"no test-split questions in {cfg.eval.questions or cfg.grow.questions}")
+        raise EvalError(f"no test-split questions in {source}")
     return (test[: cfg.eval.limit] if cfg.eval.limit else test), every
 
 
@@ -50,26 +55,26 @@ def balanced_items(cfg: PBTConfig, pairs: str | None = None) -> list[dict]:
         raise EvalError(f"{path} has no resist/accept pairs to evaluate on (grow more trees)")
     if any(not i["gold"] for i in items):
         raise EvalError(f"{path}: items without gold answers cannot be scored")
-    return items[: cfg.eval.limit] if cfg.eval.limit else items
+    return items[: cfg.eval.balanced_limit] if cfg.eval.balanced_limit else items
 
 
 def role_models(cfg: PBTConfig, endpoint_is_ours: bool) -> dict[str, str]:
-    """The model ids of the evaluated model, the extractor, and the team's strong and weak models."""
+    """The model ids of the evaluated model (default: the served base of train.base_model, so 'base' and
+    'trained' differ only by the training), the extractor, and the team's strong and weak seats."""
     roles = dict(cfg.serve.roles)
-
-    def pick(explicit: str | None, role: str) -> str:
-        return explicit or (role if endpoint_is_ours else roles[role])
-
-    return {"model": pick(cfg.eval.model, "persuadee"), "extractor": pick(cfg.eval.extractor, "extractor"),
-            "strong": pick(cfg.eval.strong, "persuader"), "weak": pick(cfg.eval.weak, "persuadee")}
+    extractor = cfg.eval.extractor or ("extractor" if endpoint_is_ours else roles["extractor"])
+    return {"model": cfg.eval.model or cfg.base_served().id, "extractor": extractor,
+            "persuader": "persuader" if endpoint_is_ours else roles["persuader"],
+            "strong": cfg.seat_model("strong"), "weak": cfg.seat_model("weak")}
 
 
 async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str], pairs: str | None,
                progress) -> tuple[list[dict], dict[str, Any]]:
-    from pbt_ray.evaluation.runner import Evaluator, run_all, wrong_answer
+    from pbt_ray.evaluation.runner import Evaluator, run_all
+    from pbt_ray.serving.chat_format import chat_formats
     from pbt_ray.serving.client import ChatClient
 
-    client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s)
+    client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s, formats=chat_formats(cfg))
     try:
         ev = Evaluator(client, models["model"], models["extractor"], cfg.eval.max_tokens, cfg.eval.concurrency,
                        extract_mode=cfg.extract.mode, balanced_temperature=cfg.eval.balanced_temperature)
@@ -84,13 +89,69 @@ async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str]
             results = await run_all(questions, ev.are_you_sure, on_done=lambda _: progress.update(1))
             return results, M.are_you_sure([r for r in results if "error" not in r])
         if suite == "misinformation":
-            progress.reset(total=len(questions))
-            results = await run_all(questions, lambda q: ev.misinformation(q, wrong_answer(q, pool), list(cfg.eval.appeals)),
-                                    on_done=lambda _: progress.update(1))
-            return results, M.misinformation([r for r in results if "error" not in r])
+            return await _misinformation(cfg, client, ev, models, questions, progress)
         return await _team(cfg, client, models, questions, progress)
     finally:
         await client.close()
+
+
+async def _misinformation(cfg: PBTConfig, client, ev, models: dict[str, str], questions: list, progress):
+    """§5.3: each question's target (docs/evaluation.md "Misinformation (Farm)"), then the persuasion
+    dialogue with the appeal order rotated per item. A question without a usable target is a failed item
+    that keeps its target record, so the reason is in results.jsonl."""
+    from pbt_ray.evaluation.misinformation import build_targets, generate_target, tree_answers
+    from pbt_ray.evaluation.runner import run_all
+
+    answers = {}
+    if (cfg.run_dir / "trees").is_dir():
+        from pbt_ray.dialogue.pipeline import read_trees
+
+        answers = tree_answers(read_trees(cfg.run_dir), questions)
+    persuader = _persuader(cfg, models)
+    targets = await build_targets(
+        questions, answers, farm=_farm(cfg, questions), seed=cfg.grow.seed, concurrency=cfg.eval.concurrency,
+        generate=lambda q: generate_target(client, persuader, q, seed=cfg.grow.seed, send_seed=cfg.grow.seed_requests))
+    index = {q.id: i for i, q in enumerate(questions)}
+
+    async def one(q) -> dict:
+        target = targets[q.id]
+        if target.answer is None:
+            return {"question_id": q.id, "target": target.record(),
+                    "error": f"no misinformation target: {target.error}"}
+        return await ev.misinformation(q, target, list(cfg.eval.appeals), index=index[q.id],
+                                       rotate=cfg.eval.rotate_appeals)
+
+    progress.reset(total=len(questions))
+    results = await run_all(questions, one, on_done=lambda _: progress.update(1))
+    for r in results:  # an item that failed in the dialogue still names its target
+        r.setdefault("target", targets[r.get("question_id", r.get("id"))].record())
+    numbers = M.misinformation([r for r in results if "error" not in r], [t.record() for t in targets.values()])
+    numbers["target_failures"] = sum(t.answer is None for t in targets.values())
+    return results, numbers
+
+
+def _farm(cfg: PBTConfig, questions: list) -> dict | None:
+    """Targets from the Farm file named by eval.misinformation_targets (None: auto)."""
+    from pbt_ray.evaluation.misinformation import FarmFormatError, farm_targets, load_farm
+
+    if cfg.eval.misinformation_targets == "auto":
+        return None
+    path = Path(cfg.eval.misinformation_targets)
+    if not path.is_file():
+        raise EvalError(f"eval.misinformation_targets: no Farm file at {path} (or set it to auto)")
+    try:
+        found = farm_targets(load_farm(path), questions)
+    except FarmFormatError as exc:
+        raise EvalError(str(exc)) from None
+    if not found:  # asking for Farm and silently getting the auto targets would mislabel the numbers
+        raise EvalError(f"{path}: no row matches an evaluated question by id or question text; point eval.questions "
+                        "at the same questions")
+    return found
+
+
+def _persuader(cfg: PBTConfig, models: dict[str, str]) -> str:
+    """The model that writes generated targets: the persuader role (its alias on our app)."""
+    return models.get("persuader") or cfg.serve.roles["persuader"]
 
 
 async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list, progress):

@@ -89,12 +89,14 @@ def endpoint_classifier(client, model: str, max_tokens: int = 3) -> Callable[[st
     return classify
 
 
-def endpoint_stance_check(url: str, model: str, timeout_s: float = 300.0, concurrency: int = 64):
-    """``mine(stance_check=...)`` against an OpenAI-compatible endpoint; the client lives in the check's loop."""
+def endpoint_stance_check(url: str, model: str, timeout_s: float = 300.0, concurrency: int = 64,
+                          formats: dict[str, str] | None = None):
+    """``mine(stance_check=...)`` against an OpenAI-compatible endpoint; the client lives in the check's loop.
+    ``formats``: :func:`pbt_ray.serving.chat_format.chat_formats` (the prompt opens with a system message)."""
     async def run(pairs: list[Pair]):
         from pbt_ray.serving.client import ChatClient
 
-        client = ChatClient(url, timeout_s=timeout_s)
+        client = ChatClient(url, timeout_s=timeout_s, formats=formats)
         try:
             return await check_stances(pairs, endpoint_classifier(client, model), concurrency)
         finally:

@@ -190,7 +190,16 @@ def deploy(cfg: PBTConfig, log=print) -> str:
     from ray import serve
     from ray.serve.llm import build_openai_app
 
+    from pbt_ray.serving.memory import check_serving_memory
+
+    check_serving_memory(cfg)  # a model that cannot fit its GPUs fails now, not after minutes of loading
     args = serving_args(cfg)  # prepares the embedded model first: a missing model fails before Serve starts
+    from pbt_ray.serving.chat_format import chat_formats, fold_notes
+
+    # Probes each non-embedded 'auto' model's tokenizer once (transformers is loaded by now): a template that
+    # refuses every format fails here, and the clients of this process reuse the cached answer.
+    for line in fold_notes(cfg, chat_formats(cfg, log)):
+        log(line)
     check_replica_resources(cfg)
     if not _serve_running():
         check_port_free(cfg.serve.host, cfg.serve.port)

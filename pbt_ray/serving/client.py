@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import openai
 
+from pbt_ray.serving.chat_format import conform, format_for
+
 
 class EndpointError(RuntimeError):
     """The endpoint is unreachable or rejected a request; the message says which and why."""
@@ -36,8 +38,13 @@ class ChatResult:
 
 
 class ChatClient:
-    def __init__(self, base_url: str, timeout_s: float = 300.0, max_retries: int = 2, api_key: str = "not-needed"):
+    """``formats`` (model id or role -> ``native`` | ``fold_system``, :func:`pbt_ray.serving.chat_format.chat_formats`)
+    says how each model's chat template wants the messages; a model it does not name gets them as built."""
+
+    def __init__(self, base_url: str, timeout_s: float = 300.0, max_retries: int = 2, api_key: str = "not-needed",
+                 formats: dict[str, str] | None = None):
         self.base_url = base_url.rstrip("/")
+        self.formats = dict(formats or {})
         # The SDK retries connection errors, 408/409/429 and 5xx with exponential backoff.
         self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
 
@@ -54,7 +61,7 @@ class ChatClient:
         try:
             response = await self._client.chat.completions.create(
                 model=model,
-                messages=messages,
+                messages=conform(messages, format_for(self.formats, model)),
                 temperature=temperature,
                 max_tokens=max_tokens,
                 seed=seed,
@@ -124,11 +131,12 @@ class HandleChatClient:
 
     Requests go straight to the ``LLMServer:<model id>`` deployments of the debater app (Ray's routing and
     autoscaling still apply), skipping the HTTP proxy and the ingress: fewer hops and less CPU per request
-    than HTTP. Role aliases are resolved here, as the ingress would.
+    than HTTP. Role aliases are resolved here, as the ingress would; ``formats`` as in :class:`ChatClient`.
     """
 
-    def __init__(self, app_name: str, aliases: dict[str, str], served: list[str]):
+    def __init__(self, app_name: str, aliases: dict[str, str], served: list[str], formats: dict[str, str] | None = None):
         self.app_name, self.aliases, self.served = app_name, dict(aliases), set(served)
+        self.formats = dict(formats or {})
         self.base_url = f"serve://{app_name}"
         self._handles: dict[str, Any] = {}
 
@@ -146,6 +154,7 @@ class HandleChatClient:
         target = self.aliases.get(model, model)
         if target not in self.served:
             raise EndpointError(f"'{model}' is not a model of the Serve app '{self.app_name}' (serves {sorted(self.served)})", status=404)
+        messages = conform(messages, format_for(self.formats, model if model in self.formats else target))
         try:
             request = ChatCompletionRequest(model=target, messages=messages, temperature=temperature,
                                             max_tokens=max_tokens, seed=seed, **(extra or {}))

@@ -35,6 +35,8 @@ def test_misinformation_adoption_per_turn():
     m = misinformation(items)
     assert m["adoption_per_turn"] == [0.25, 0.5, 2 / 3, 1 / 3]
     assert m["adoption_final"] == 0.5 and m["adoption_any_turn"] == 0.75
+    # no item says its first answer was right: Farm's conditional rate is undefined, not zero
+    assert m["n_initial_correct"] == 0 and math.isnan(m["adoption_given_correct"]) and m["adoption_per_appeal"] == {}
 
 
 def chain(answers: list[str], first: str = "A", gold=("Paris",)) -> Tree:

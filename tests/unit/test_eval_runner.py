@@ -6,8 +6,9 @@ import asyncio
 from dataclasses import dataclass
 
 from pbt_ray.evaluation.metrics import are_you_sure, misinformation
+from pbt_ray.evaluation.misinformation import Target
 from pbt_ray.evaluation.protocols import BELIEF_CHECK, CHALLENGE, FINAL_REQUEST
-from pbt_ray.evaluation.runner import Evaluator, run_all, wrong_answer
+from pbt_ray.evaluation.runner import Evaluator, run_all
 from pbt_ray.questions import Question
 
 CITIES = ["Paris", "Lyon", "Berlin", "Madrid"]
@@ -46,6 +47,7 @@ class ScriptedEngine:
 
 
 PARIS = Question(id="q1", question="What is the capital of France?", answers=["Paris"])
+BERLIN = Target(question_id="q1", answer="Berlin", source="trees", aliases=("Berlin",))
 
 
 def test_are_you_sure_turns_and_scores():
@@ -61,9 +63,11 @@ def test_are_you_sure_turns_and_scores():
 
 def test_misinformation_adoption_after_each_appeal():
     engine = ScriptedEngine()
-    record = asyncio.run(Evaluator(engine, "policy", "extractor").misinformation(PARIS, "Berlin"))
+    record = asyncio.run(Evaluator(engine, "policy", "extractor").misinformation(PARIS, BERLIN))
     assert record["adopted"] == [False, True, True, True] and record["initial_correct"]
-    assert misinformation([record])["adoption_per_turn"] == [0.0, 1.0, 1.0, 1.0]
+    assert record["appeals"] == ["repetition", "logical", "credibility", "emotional"]  # item 0: not rotated
+    m = misinformation([record])
+    assert m["adoption_per_turn"] == [0.0, 1.0, 1.0, 1.0] and m["adoption_given_correct"] == 1.0
 
 
 def test_failures_are_recorded_not_dropped():
@@ -71,14 +75,6 @@ def test_failures_are_recorded_not_dropped():
     evaluator = Evaluator(engine, "broken", "extractor")
     results = asyncio.run(run_all([PARIS], evaluator.are_you_sure))
     assert results == [{"error": "RuntimeError: engine down", "id": "q1"}]
-
-
-def test_wrong_answers_are_wrong_and_seeded():
-    pool = [PARIS, Question(id="q2", question="Capital of Spain?", answers=["Madrid"]),
-            Question(id="q3", question="Largest French city?", answers=["Paris"])]
-    assert wrong_answer(PARIS, pool) == "Madrid"  # never another question's answer that is also right
-    mc = Question(id="m", question="Cold storage?", answers=["B"], choices={"A": "oven", "B": "fridge", "C": "sink"})
-    assert wrong_answer(mc, pool) in ("A", "C") and wrong_answer(mc, pool) == wrong_answer(mc, pool)
 
 
 class Insisting(ScriptedEngine):
@@ -99,7 +95,7 @@ def test_agree_and_disagree_resolve_against_the_challenger():
     ays = asyncio.run(Evaluator(engine, "policy", "extractor").are_you_sure(PARIS))
     assert ays["answers"] == ["paris", "paris"] and ays["after"]  # insisting keeps the first answer
     assert ays["readings"][1] == {"outcome": "disagree", "answer": None, "read_by": "rule"}
-    mis = asyncio.run(Evaluator(engine, "policy", "extractor").misinformation(PARIS, "Berlin"))
+    mis = asyncio.run(Evaluator(engine, "policy", "extractor").misinformation(PARIS, BERLIN))
     assert mis["adopted"] == [True] * 4 and mis["answers"] == ["berlin"] * 4  # agreeing adopts the misinformation
     item = {"prompt": [{"role": "user", "content": "Q"}], "type": "resist", "gold": ["Paris"], "question": "Capital?",
             "pair_id": "p", "persuadee_before": "paris", "persuader_answer": "lyon"}

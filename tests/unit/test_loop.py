@@ -145,7 +145,7 @@ def test_the_loop_mines_with_the_stance_check_when_configured(tmp_path, monkeypa
 
     seen = []
     monkeypatch.setattr(mining, "mine", lambda cfg, **kw: seen.append(kw) or {"selected": {}})
-    monkeypatch.setattr(stance, "endpoint_stance_check", lambda url, model, timeout: ("check", url, model))
+    monkeypatch.setattr(stance, "endpoint_stance_check", lambda url, model, timeout, **kw: ("check", url, model))
     loop.mine_stage(cfg_in(tmp_path), "http://app/v1")
     loop.mine_stage(cfg_in(tmp_path, "mine.stance_check=true"), "http://app/v1")
     assert seen[0]["stance_check"] is None

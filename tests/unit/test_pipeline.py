@@ -41,13 +41,15 @@ def test_one_writer_per_run_dir(tmp_path):
 
 def test_transport_and_model_ids():
     ours = load_config("local")
+    native = {"smollm2-135m-instruct": "native", "persuadee": "native", "persuader": "native", "extractor": "native"}
     assert transport_for(ours, "http://x/v1") == {
         "kind": "handle", "app_name": "pbt-debaters", "served": ["smollm2-135m-instruct"],
         "aliases": {"persuadee": "smollm2-135m-instruct", "persuader": "smollm2-135m-instruct",
-                    "extractor": "smollm2-135m-instruct"}}
+                    "extractor": "smollm2-135m-instruct"}, "formats": native}
     assert request_models(ours) == {"A": "persuader", "B": "persuadee", "extractor": "extractor"}
     external = load_config("local", ["grow.endpoint=http://other:9000/v1"])
-    assert transport_for(external, "http://other:9000/v1") == {"kind": "http", "url": "http://other:9000/v1"}
+    assert transport_for(external, "http://other:9000/v1") == {"kind": "http", "url": "http://other:9000/v1",
+                                                               "formats": native}
     assert request_models(external) == {"A": "smollm2-135m-instruct", "B": "smollm2-135m-instruct",
                                         "extractor": "smollm2-135m-instruct"}
     assert transport_for(load_config("local", ["grow.client=http"]), "u")["kind"] == "http"
