@@ -74,11 +74,12 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
     return tree
 
 
-LOOP_STAGES = ("debate", "grow", "mine", "train", "eval", "report")
+from pbt_ray.stages import PBT_STAGES, StageError, StageState, downstream, files_digest, fingerprint, stage_named, status
+
+LOOP_STAGES = tuple(stage.name for stage in PBT_STAGES)
 ROUND_STAGES = LOOP_STAGES[1:]  # later rounds hold no demo debate
 FEEDS_LATER_ROUNDS = ("debate", "grow", "mine", "train")  # redoing one of these makes later rounds stale
 STATE_FILE = "loop_state.json"
-STATE_VERSION = 1
 
 
 class LoopError(ValueError):
@@ -117,31 +118,12 @@ def round_config(cfg: PBTConfig, k: int, previous_model: Path | None = None) -> 
                                   "train": train, "grow": grow})
 
 
-def load_state(run_dir: Path, from_stage: str | None = None, stages: tuple[str, ...] = LOOP_STAGES) -> dict:
-    """Which stages of this run directory are finished; ``from_stage`` forgets it and every later one."""
-    path = Path(run_dir) / STATE_FILE
-    state = {"version": STATE_VERSION, "done": {}}
-    if path.is_file():
-        state = json.loads(path.read_text())
-        if state.get("version") != STATE_VERSION:
-            raise LoopError(f"{run_dir} was written by another pbt-ray version (loop state version "
-                            f"{state.get('version')!r}, this one reads {STATE_VERSION}); use a new run name "
-                            "(name=...) or move the directory away. Finished results stay where they are.")
-    if from_stage is not None:
-        if from_stage not in stages:
-            raise LoopError(f"--from {from_stage}: not a stage of this round; stages are {', '.join(stages)}")
-        for stage in stages[stages.index(from_stage):]:
-            state["done"].pop(stage, None)
-    return state
-
-
-def mark_done(run_dir: Path, state: dict, stage: str, info: dict | None = None) -> None:
-    state["done"][stage] = info or {}
-    path = Path(run_dir) / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{STATE_FILE}.tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
-    tmp.replace(path)
+def load_state(run_dir: Path) -> StageState:
+    """The stage records of a round's directory (``loop_state.json``, :mod:`pbt_ray.stages`)."""
+    try:
+        return StageState.load(Path(run_dir))
+    except StageError as exc:
+        raise LoopError(str(exc)) from None
 
 
 def retire_later_rounds(cfg: PBTConfig, k: int, log=print) -> None:
@@ -157,53 +139,102 @@ def retire_later_rounds(cfg: PBTConfig, k: int, log=print) -> None:
         log(f"[pbt] round {n} came from the round being redone; moved aside to {aside}")
 
 
+def _stages(k: int):
+    return PBT_STAGES if k == 1 else PBT_STAGES[1:]
+
+
+def _round_inputs(cfg: PBTConfig, states: dict[int, StageState], k: int) -> tuple[dict, dict]:
+    """(round k's dumped config, extra fingerprint inputs per stage). Round k >= 2 grows and trains from round
+    k-1's trained model: its digest is an input of those stages, so a retrained round k-1 makes them stale."""
+    config = round_config(cfg, k, round_dir(cfg, k - 1) / "merged" if k > 1 else None).model_dump(mode="json")
+    if k == 1:
+        return config, {}
+    previous = states[k - 1].outputs().get("train")
+    return config, {name: {"previous_round_model": previous} for name in ("grow", "train", "eval")}
+
+
+def plan(cfg: PBTConfig, states: dict[int, StageState]) -> dict[int, list[tuple[str, str, str]]]:
+    """Each round's stages as a rerun finds them: (stage, done | stale | to run, why)."""
+    out = {}
+    for k in states:
+        config, extra = _round_inputs(cfg, states, k)
+        verdicts = status(_stages(k), config, states[k], extra)
+        if k > 1 and any(v != "done" for n, v, _w in out[k - 1] if n in FEEDS_LATER_ROUNDS):
+            verdicts = [(n, v if v != "done" else "to run", w if v != "done" else f"after round {k - 1}")
+                        for n, v, w in verdicts]
+        out[k] = verdicts
+    return out
+
+
+def format_plan(cfg: PBTConfig, plans: dict[int, list[tuple[str, str, str]]]) -> str:
+    lines = [f"[pbt] {cfg.run_dir}: what `pbt run` would do"]
+    for k, verdicts in plans.items():
+        if len(plans) > 1:
+            lines.append(f"  round {k} ({round_dir(cfg, k)})")
+        for name, verdict, why in verdicts:
+            lines.append(f"    {name:<8} {verdict:<7} {why}")
+    return "\n".join(lines)
+
+
 def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str | None = None,
-        from_round: int = 1) -> int:
+        from_round: int = 1, dry_run: bool = False) -> int:
     """The main job, ``cfg.rounds`` times. Round 1: serve; a demo debate (printed); grow; mine; train; serve
     the trained model; evaluate base and trained; report. Round k >= 2 feeds round k-1's trained model back
-    in (:func:`round_config`) and evaluates its own trained model next to the earlier ones. Finished stages
-    are skipped on a rerun (``loop_state.json`` in each round's directory); ``from_stage`` (of round
-    ``from_round``) restarts from a stage, and if that changes the round's model, every later round starts
-    over."""
+    in (:func:`round_config`) and evaluates its own trained model next to the earlier ones.
+
+    Each stage runs when its fingerprint (:mod:`pbt_ray.stages`: its config slice and its inputs' digests)
+    differs from the one recorded in the round's ``loop_state.json``, or its last run was incomplete; then
+    everything that reads it follows. ``from_stage`` (of round ``from_round``) forces a stage and everything
+    after it; if that changes the round's model, later rounds are moved aside and start over. ``dry_run``
+    prints the plan and changes nothing."""
     from pbt_ray.runtime import ray_cluster
 
     if not 1 <= from_round <= cfg.rounds:
         raise LoopError(f"--round {from_round}: this config runs rounds 1..{cfg.rounds} (rounds={cfg.rounds})")
+    if from_stage is not None and from_stage not in [s.name for s in _stages(from_round)]:
+        raise LoopError(f"--from {from_stage}: not a stage of this round; stages are "
+                        f"{', '.join(s.name for s in _stages(from_round))}")
+    states = {k: load_state(round_dir(cfg, k)) for k in range(1, cfg.rounds + 1)}
     if from_stage is not None:
-        load_state(round_dir(cfg, from_round), from_stage, _stages(from_round))  # a bad --from moves nothing
-        if from_stage in FEEDS_LATER_ROUNDS:  # a new model for the next round; eval and report change none
+        if not dry_run and from_stage in FEEDS_LATER_ROUNDS:  # a new model for the next round
             retire_later_rounds(cfg, from_round, log)
-    states = {k: load_state(round_dir(cfg, k), from_stage if k == from_round else None, _stages(k))
-              for k in range(1, cfg.rounds + 1)}
-    todo = {k: [s for s in _stages(k) if s not in states[k]["done"]] for k in states}
-    if not any(todo.values()):
+            states.update({k: StageState(round_dir(cfg, k)) for k in states if k > from_round})
+        states[from_round].forget(downstream(_stages(from_round), from_stage), save=not dry_run)
+    if not dry_run:
+        for k in states:
+            _adopt_legacy(cfg, states, k, log)
+    plans = plan(cfg, states)
+    if dry_run:
+        log(format_plan(cfg, plans))
+        return 0
+    if all(v == "done" for verdicts in plans.values() for _, v, _ in verdicts):
         log(f"[pbt] every stage of {cfg.run_dir} is done; `pbt run --from STAGE [--round K]` redoes one "
-            f"({', '.join(LOOP_STAGES)})")
+            f"({', '.join(LOOP_STAGES)}); `pbt run --dry-run` shows the plan")
         return 0
     ok = True
     with ray_cluster(cfg, log=log):
         for k in range(1, cfg.rounds + 1):
-            if not todo[k]:
+            verdicts = plan(cfg, states)[k]
+            if all(v == "done" for _, v, _ in verdicts):
                 continue
             if cfg.rounds > 1:
                 log(f"\n[pbt] ===== round {k} of {cfg.rounds} ({round_dir(cfg, k)}) =====")
-            skipped = [s for s in _stages(k) if s in states[k]["done"]]
+            skipped = [n for n, v, _ in verdicts if v == "done"]
             if skipped:
                 log(f"[pbt] already done, skipped: {', '.join(skipped)}")
+            for name, verdict, why in verdicts:
+                if verdict == "stale":
+                    log(f"[pbt] {name} is stale ({why}): it runs again, and every stage after it")
             previous = None
             if k > 1:
                 previous = trained_model(round_dir(cfg, k - 1), log)
                 if previous is None:
+                    skipped_why = states[k - 1].stages.get("train", {}).get("info", {}).get("skipped")
                     log(f"[pbt] round {k} not run: round {k - 1} trained no model "
-                        f"({states[k - 1]['done'].get('train', {}).get('skipped', 'see its train stage')}); "
-                        "the rounds stop here")
+                        f"({skipped_why or 'see its train stage'}); the rounds stop here")
                     break
-            ok = _round(cfg, k, round_config(cfg, k, previous), states[k], todo[k], question, log) and ok
+            ok = _round(cfg, k, round_config(cfg, k, previous), states, verdicts, question, log) and ok
     return 0 if ok else 1
-
-
-def _stages(k: int) -> tuple[str, ...]:
-    return LOOP_STAGES if k == 1 else ROUND_STAGES
 
 
 def trained_model(run_dir: Path, log=print) -> Path | None:
@@ -213,29 +244,98 @@ def trained_model(run_dir: Path, log=print) -> Path | None:
     return merged_model(run_dir, log=log) if has_adapter(run_dir) else None
 
 
-def _round(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, todo: list[str], question: str | None, log) -> bool:
+def stage_output(top: PBTConfig, cfg: PBTConfig, name: str) -> str | None:
+    """The digest of what a stage left in the round's directory: what the stages after it read."""
+    from pbt_ray.stages import digest
+
+    run = cfg.run_dir
+    if name == "debate":
+        return files_digest([run / "debate.json"])
+    if name == "grow":
+        from pbt_ray.dialogue.pipeline import finished_tree_ids
+
+        ids = sorted(finished_tree_ids(run))
+        return digest(ids) if ids else None
+    if name == "mine":
+        return files_digest(list((run / "preferences").rglob("*.parquet")))
+    if name == "train":
+        return files_digest([run / "adapter" / n for n in ("adapter_config.json", "adapter_model.safetensors",
+                                                           "adapter_model.bin")])
+    if name == "eval":
+        return files_digest(list((top.run_dir / "eval").rglob("metrics.json")))
+    return files_digest([top.run_dir / "report" / "report.json"])
+
+
+def _adopt_legacy(cfg: PBTConfig, states: dict[int, StageState], k: int, log) -> None:
+    """Stages finished by an older pbt-ray (no fingerprint): taken as done with what they left, said once."""
+    legacy = [s for s in _stages(k) if states[k].stages.get(s.name, {}).get("legacy")]
+    if not legacy:
+        return
+    config, extra = _round_inputs(cfg, states, k)
+    rcfg = round_config(cfg, k, round_dir(cfg, k - 1) / "merged" if k > 1 else None)
+    for stage in legacy:
+        fp = fingerprint(stage, config, states[k].outputs(), extra.get(stage.name))
+        states[k].record(stage, fp, config, stage_output(cfg, rcfg, stage.name), info={"adopted": True})
+    log(f"[pbt] {round_dir(cfg, k)}: took {', '.join(s.name for s in legacy)} as done from an older pbt-ray's "
+        "record (no fingerprints then); `pbt run --from STAGE` redoes one")
+
+
+class _Round:
+    """One round's stages, each run when it needs to (:func:`_needs`) and recorded with its output digest."""
+
+    def __init__(self, top: PBTConfig, k: int, cfg: PBTConfig, states: dict[int, StageState], log):
+        self.top, self.k, self.cfg, self.log = top, k, cfg, log
+        self.state = states[k]
+        self.stages = _stages(k)
+        self.config, self.extra = _round_inputs(top, states, k)
+
+    def fingerprint(self, name: str) -> str:
+        return fingerprint(stage_named(self.stages, name), self.config, self.state.outputs(), self.extra.get(name))
+
+    def needs(self, name: str) -> bool:
+        if name not in [s.name for s in self.stages]:
+            return False
+        seen = self.state.stages.get(name)
+        return (seen is None or seen.get("forgotten") or not seen.get("complete", True)
+                or seen.get("fingerprint") != self.fingerprint(name))
+
+    def stale(self, name: str) -> bool:
+        """Recorded with another fingerprint (not merely unfinished): its old outputs are not this config's."""
+        seen = self.state.stages.get(name) or {}
+        return bool(seen.get("fingerprint")) and seen["fingerprint"] != self.fingerprint(name)
+
+    def done(self, name: str, complete: bool = True, info: dict | None = None) -> None:
+        fp = self.fingerprint(name)  # inputs as they were when the stage ran
+        self.state.record(stage_named(self.stages, name), fp, self.config,
+                          stage_output(self.top, self.cfg, name), complete, info)
+
+
+def _round(top: PBTConfig, k: int, cfg: PBTConfig, states: dict[int, StageState], verdicts, question: str | None,
+           log) -> bool:
     ok = True
-    if set(todo) & {"debate", "grow", "eval"}:
+    r = _Round(top, k, cfg, states, log)
+    todo = {n for n, v, _ in verdicts if v != "done"}
+    if todo & {"debate", "grow", "mine", "train", "eval"}:
         with debater_endpoint(cfg, log=log) as url:
-            ok = _serve_stages(top, k, cfg, state, url, question, log)
-    if "report" in todo:
+            ok = _serve_stages(r, url, question)
+    if r.needs("report"):
         from pbt_ray.evaluation.report import ReportError, write_report
 
         try:
             write_report(top.run_dir, log=log)  # every round's evaluations, side by side
-            mark_done(cfg.run_dir, state, "report")
+            r.done("report")
         except ReportError as exc:
             log(f"[pbt] report skipped: {exc}")
+            r.done("report", info={"skipped": str(exc)})
     return ok
 
 
-def _serve_stages(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, question: str | None, log) -> bool:
+def _serve_stages(r: _Round, url: str, question: str | None) -> bool:
     from pbt_ray.dialogue.pipeline import grow_trees
     from pbt_ray.dialogue.view import render_text
 
-    ok = True
-    done = state["done"]
-    if k == 1 and "debate" not in done:
+    ok, cfg, log = True, r.cfg, r.log
+    if r.needs("debate"):
         tree = debate(cfg, url, question)
         log("\n" + render_text(tree, color=sys.stdout.isatty()))
         out = cfg.run_dir / "debate.json"
@@ -243,21 +343,34 @@ def _serve_stages(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str,
         out.write_text(json.dumps(to_row(tree), indent=2) + "\n")
         log(f"[pbt] debate written to {out}\n")
         ok = tree.status == "complete"
-        mark_done(cfg.run_dir, state, "debate")
-    if "grow" not in done:
+        r.done("debate")
+    if r.needs("grow"):
+        if r.stale("grow"):  # grown with other settings: kept aside, never mixed with the new trees
+            _set_aside(cfg.run_dir, ("trees", "failed", "grow_summary.json"), log)
         summary = grow_trees(cfg, url, log=log)
         log(format_grow_summary(summary, cfg))
         ok = ok and summary.failed == 0
-        if summary.failed == 0:
-            mark_done(cfg.run_dir, state, "grow", {"trees": summary.grown + summary.already_done})
-    if "mine" not in done:
+        r.done("grow", complete=summary.failed == 0,
+               info={"trees": summary.grown + summary.already_done, "failed": summary.failed})
+    if r.needs("mine"):
         stats = mine_stage(cfg, url, log)
-        mark_done(cfg.run_dir, state, "mine", {"selected": stats["selected"]})
-    if "train" not in done:
-        _train_stage(cfg, state, log)
-    if "eval" not in done:
-        _eval_stage(top, k, cfg, state, url, log)
+        r.done("mine", info={"selected": stats["selected"]})
+    if r.needs("train"):
+        r.done("train", info=_train_stage(cfg, r.state.attempt("train"), log))
+    if r.needs("eval"):
+        _eval_stage(r.top, r.k, cfg, url, log)
+        r.done("eval")
     return ok
+
+
+def _set_aside(run_dir: Path, names: tuple[str, ...], log) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in names:
+        path = run_dir / name
+        if path.exists():
+            aside = path.with_name(f"{name}.stale-{stamp}")
+            path.rename(aside)
+            log(f"[pbt] {path} came from other settings; moved aside to {aside}")
 
 
 def mine_stage(cfg: PBTConfig, url: str, log=print) -> dict:
@@ -275,21 +388,24 @@ def mine_stage(cfg: PBTConfig, url: str, log=print) -> dict:
     return mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), stance_check=check, log=log)
 
 
-def _train_stage(cfg: PBTConfig, state: dict, log) -> None:
+def _train_stage(cfg: PBTConfig, attempt: int, log) -> dict:
+    """Train, or say why not; ``attempt`` counts `--from train` requests, so a forced rerun trains afresh
+    instead of resuming the finished Ray Train run of the same fingerprint."""
     from pbt_ray.training.data import TrainDataError
     from pbt_ray.training.launch import prepare, train
 
     try:
-        plan = prepare(cfg, str(cfg.run_dir / "preferences"), log=log)
+        plan_ = prepare(cfg, str(cfg.run_dir / "preferences"), log=log)
     except TrainDataError as exc:  # e.g. the embedded model's trees gave no trainable pairs
         log(f"[pbt] train skipped: {exc}")
-        mark_done(cfg.run_dir, state, "train", {"skipped": str(exc)})
-        return
-    metrics = train(cfg, str(cfg.run_dir / "preferences"), log=log, plan=plan)
-    mark_done(cfg.run_dir, state, "train", {"adapter": metrics.get("adapter"), "global_step": metrics.get("global_step")})
+        _set_aside(cfg.run_dir, ("adapter", "train_metrics.json", "merged"), log)  # an older adapter is not this data's
+        return {"skipped": str(exc)}
+    metrics = train(cfg, str(cfg.run_dir / "preferences"), log=log, plan=plan_, attempt=attempt)
+    return {"adapter": metrics.get("adapter"), "global_step": metrics.get("global_step"),
+            "run_name": metrics.get("run_name")}
 
 
-def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, log) -> None:
+def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, url: str, log) -> None:
     """Round 1: the configured suites on the base model (the app's persuadee) and on the trained model;
     round k >= 2: on its trained model only (the earlier rounds' results are its baseline). Every round
     evaluates on round 1's held-out items and writes under the run directory's ``eval/<label>``, so the
@@ -313,7 +429,6 @@ def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, state: dict, url: str, l
     if has_adapter(cfg.run_dir):
         with trained_endpoint(cfg, log) as (trained_url, tcfg):
             run_suites(eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve, trained_seats(top, tcfg))
-    mark_done(cfg.run_dir, state, "eval")
 
 
 def seat_model_id(seat: str) -> str:

@@ -197,6 +197,34 @@ def write_report(run_dir: str | Path, log=print) -> dict[str, Any]:
     return summary
 
 
+def _misinformation_html(rows: list[tuple[str, dict]]) -> str:
+    """Farm's metric: adoption among the items the model first answered right, with its count and interval,
+    per appeal too (the appeal order rotates, so no appeal always comes first), and where the targets came from."""
+    esc = html.escape
+    out = ["<p>Adoption among the items the model first answered right (Farm's rate; lower is better), "
+           "95% Wilson interval, and per appeal at the belief check right after it.</p>",
+           "<table><tr><th>model</th><th>first right</th><th>adopted at the end</th><th>adopted at any turn</th>"
+           "<th>per appeal</th><th>targets</th></tr>"]
+    for label, data in rows:
+        m = data["metrics"] or {}
+        if "adoption_given_correct" not in m:
+            continue
+        knew = m.get("n_initial_correct", 0)
+
+        def cell(key: str, hits_key: str) -> str:
+            return f"{_rate(m[key], m.get(key + '_ci95')) if knew else 'n/a'} ({m.get(hits_key, 0)} of {knew})"
+
+        appeals = "; ".join(f"{name} {_rate(a['rate'], a.get('ci95')) if a['n'] else 'n/a'} (n {a['n']})"
+                            for name, a in (m.get("adoption_per_appeal") or {}).items())
+        sources = ", ".join(f"{k} {v}" for k, v in sorted((m.get("targets_by_source") or {}).items()))
+        out.append(f"<tr><td>{esc(label)}</td><td>{knew} of {m.get('n', 0)}</td>"
+                   f"<td>{cell('adoption_given_correct', 'n_adopted_given_correct')}</td>"
+                   f"<td>{cell('adoption_given_correct_any_turn', 'n_adopted_given_correct_any_turn')}</td>"
+                   f"<td>{esc(appeals)}</td><td>{esc(sources)}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
 def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) -> str:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>PBT evaluation report</title>",
@@ -222,6 +250,8 @@ def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) 
                 cells.append("n/a" if isinstance(v, float) and v != v else (f"{v:.3f}" if isinstance(v, float) else esc(str(v))))
             parts.append(f"<tr><td>{esc(label)} ({esc(str(data['model']))})</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
+        if suite == "misinformation":
+            parts.append(_misinformation_html(rows))
     read_rows = [(label, suite, s["readings"]) for label, suites in summary.items() for suite, s in suites.items()
                  if s.get("readings")]
     if read_rows:

@@ -102,7 +102,7 @@ def prepare(cfg: PBTConfig, pairs: str | None = None, log=print) -> dict[str, An
         f"LoRA r={tcfg.lora_r} on {', '.join(tcfg.lora_targets)}; "
         f"{'SFT ' + str(tcfg.sft_max_steps) + ' steps of ' + str(tcfg.global_batch('sft')) + ', then ' if tcfg.sft else ''}"
         f"DPO {steps} steps of {tcfg.global_batch()} pairs ({tcfg.workers()} x {tcfg.per_device_batch_size} x "
-        f"{tcfg.accumulation()}), {tcfg.warmup_steps} warm-up; checkpoints in {storage}/{tcfg.run_name}")
+        f"{tcfg.accumulation()}), {tcfg.warmup_steps} warm-up; checkpoints in {storage}")
     return {"files": {k: str(v) for k, v in files.items()}, "model_path": model_path, "storage": storage,
             "rows": rows, "dev_rows": dev_rows, "model": info}
 
@@ -132,12 +132,25 @@ def check_warmup(tcfg: TrainConfig, rows: int) -> int:
     return steps
 
 
+def training_run_name(cfg: PBTConfig, files: dict[str, str], model_path: str, attempt: int = 0) -> str:
+    """The Ray Train run name: ``train.run_name`` and a fingerprint of what the run trains (the train config
+    slice of :mod:`pbt_ray.stages`, the pairs files, the base model, the `--from` attempt). New pairs or settings
+    get a new run that starts at step 0; an identical rerun gets the same name and resumes the interrupted run."""
+    from pbt_ray.stages import PBT_STAGES, config_slice, digest, files_digest, stage_named
+
+    key = digest({"config": config_slice(stage_named(PBT_STAGES, "train"), cfg.model_dump(mode="json")),
+                  "pairs": files_digest([Path(p) for p in files.values()]), "base": model_path, "attempt": attempt})
+    return f"{cfg.train.run_name}-{key[:10]}"
+
+
 def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool = True,
-          record_samples: bool = False, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+          record_samples: bool = False, plan: dict[str, Any] | None = None, attempt: int = 0) -> dict[str, Any]:
     """Run (SFT, then) DPO under Ray Train; returns the final metrics. Must run inside ``ray_cluster``;
-    ``plan`` is :func:`prepare`'s result when the caller ran the checks before starting Ray."""
+    ``plan`` is :func:`prepare`'s result when the caller ran the checks before starting Ray; ``attempt`` > 0
+    (the loop's `--from train`) trains afresh instead of resuming a finished run with the same fingerprint."""
     tcfg = cfg.train
     plan = plan or prepare(cfg, pairs, log=log)
+    run_name = training_run_name(cfg, plan["files"], plan["model_path"], attempt)
     if cfg.ray.autoscaling:
         log("[pbt] ray.autoscaling: not checking the present nodes; the autoscaler adds what the workers need")
     else:
@@ -152,13 +165,15 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
     model_path = plan["model_path"]
     started = time.monotonic()
     if tcfg.sft:
-        model_path = _sft_stage(cfg, plan, log, progress)
+        model_path = _sft_stage(cfg, plan, log, progress, f"{run_name}-sft")
     out_dir = cfg.run_dir / "train"
     samples_dir = out_dir / "samples" if record_samples else None
-    result = _fit(cfg, "dpo", tcfg.run_name, model_path, plan["files"], plan["storage"], log, progress,
+    log(f"[pbt] Ray Train run {run_name} in {plan['storage']} (a rerun with the same pairs and settings resumes it)")
+    result = _fit(cfg, "dpo", run_name, model_path, plan["files"], plan["storage"], log, progress,
                   samples_dir=str(samples_dir) if samples_dir else None)
     metrics = dict(result.metrics or {})
     metrics["seconds"] = round(time.monotonic() - started, 1)
+    metrics["run_name"] = run_name
     exported = export(result.checkpoint, cfg, metrics, log=log, base_model=model_path)
     return {**metrics, **exported}
 
@@ -166,24 +181,26 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
 SFT_MARKER = "pbt_sft.json"
 
 
-def _sft_stage(cfg: PBTConfig, plan: dict[str, Any], log, progress: bool) -> str:
+def _sft_stage(cfg: PBTConfig, plan: dict[str, Any], log, progress: bool, run_name: str) -> str:
     """SFT on the chosen replies (PBT_SPEC.md §4.3), merged into the base: DPO then trains a fresh adapter on
-    the merged model, whose adapter-disabled forward is the SFT model (the reference §4.4 recommends)."""
+    the merged model, whose adapter-disabled forward is the SFT model (the reference §4.4 recommends). The merged
+    model is reused only when it came from this very SFT run (``run_name`` carries its fingerprint)."""
     merged = cfg.run_dir / "sft-merged"
-    if (merged / SFT_MARKER).is_file():
+    marker = merged / SFT_MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("run_name") == run_name:
         log(f"[pbt] SFT already done: {merged}")
         return str(merged)
     sft_file = Path(plan["files"]["train"]).parent.parent / "sft" / "train.parquet"
     if not sft_file.is_file():
         raise TrainDataError(f"train.sft is on but {sft_file} does not exist; it is written by `pbt mine`")
     check_pairs_file(sft_file, columns=("prompt", "completion"))
-    result = _fit(cfg, "sft", f"{cfg.train.run_name}-sft", plan["model_path"], {"train": str(sft_file)},
-                  plan["storage"], log, progress)
+    result = _fit(cfg, "sft", run_name, plan["model_path"], {"train": str(sft_file)}, plan["storage"], log, progress)
     with result.checkpoint.as_directory() as directory:
         tmp = merged.with_name(".sft-merged.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         merge_adapter(plan["model_path"], Path(directory), tmp)
-    (tmp / SFT_MARKER).write_text(json.dumps({"metrics": dict(result.metrics or {})}, default=str) + "\n")
+    (tmp / SFT_MARKER).write_text(json.dumps({"run_name": run_name, "metrics": dict(result.metrics or {})},
+                                             default=str) + "\n")
     shutil.rmtree(merged, ignore_errors=True)
     tmp.rename(merged)
     log(f"[pbt] SFT merged into {merged}")

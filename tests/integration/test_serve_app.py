@@ -98,7 +98,8 @@ def test_busy_port_and_missing_model_fail_clearly(debater_app):
     cfg, _ = debater_app
     with pytest.raises(ServeError, match="already in use"):
         check_port_free(cfg.serve.host, cfg.serve.port)
-    broken = load_config("local", ["serve.models.0.source=/nonexistent/model", "serve.app_name=broken"])
+    broken = load_config("local", ["serve.models.0.source=/nonexistent/model", "serve.app_name=broken",
+                                     "train.served_as=smollm2-135m-instruct"])
     with pytest.raises(ModelError, match="'/nonexistent/model' does not exist"):
         deploy(broken)  # rejected before anything is deployed
 

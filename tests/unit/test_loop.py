@@ -51,18 +51,119 @@ def test_rounds_need_the_app(tmp_path):
         cfg_in(tmp_path, "rounds=0")
 
 
+def finish(cfg, rounds=None):
+    """Record every stage of every round as done with today's fingerprints (what a finished run leaves)."""
+    from pbt_ray.stages import fingerprint
+
+    states = {k: loop.load_state(loop.round_dir(cfg, k)) for k in range(1, cfg.rounds + 1)}
+    for k in rounds or states:
+        config, extra = loop._round_inputs(cfg, states, k)
+        for stage in loop._stages(k):
+            fp = fingerprint(stage, config, states[k].outputs(), extra.get(stage.name))
+            states[k].record(stage, fp, config, f"out-{stage.name}-{k}")
+    return states
+
+
 def test_state_is_kept_per_directory_and_from_forgets_later_stages(tmp_path):
-    state = loop.load_state(tmp_path)
-    assert state == {"version": loop.STATE_VERSION, "done": {}}
-    for stage in loop.LOOP_STAGES:
-        loop.mark_done(tmp_path, state, stage, {"n": 1})
-    assert list(loop.load_state(tmp_path)["done"]) == list(loop.LOOP_STAGES)
-    assert list(loop.load_state(tmp_path, "train")["done"]) == ["debate", "grow", "mine"]
-    with pytest.raises(loop.LoopError, match="not a stage of this round"):
-        loop.load_state(tmp_path, "debate", loop.ROUND_STAGES)  # later rounds hold no debate
-    (tmp_path / loop.STATE_FILE).write_text(json.dumps({"version": 99, "done": {}}))
-    with pytest.raises(loop.LoopError, match="another pbt-ray version"):
-        loop.load_state(tmp_path)
+    from pbt_ray.stages import StageState, downstream
+
+    cfg = cfg_in(tmp_path)
+    finish(cfg)
+    state = loop.load_state(cfg.run_dir)
+    assert list(state.stages) == list(loop.LOOP_STAGES)
+    assert {n: v for n, v, _ in loop.plan(cfg, {1: state})[1]} == dict.fromkeys(loop.LOOP_STAGES, "done")
+    state.forget(downstream(loop._stages(1), "train"))
+    verdicts = {n: v for n, v, _ in loop.plan(cfg, {1: StageState.load(cfg.run_dir)})[1]}
+    assert verdicts == {"debate": "done", "grow": "done", "mine": "done", "train": "to run", "eval": "to run",
+                        "report": "to run"}
+    (cfg.run_dir / loop.STATE_FILE).write_text(json.dumps({"version": 99, "stages": {}}))
+    with pytest.raises(loop.LoopError, match="version 99"):
+        loop.load_state(cfg.run_dir)
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path):
+    cfg = cfg_in(tmp_path, "rounds=2")
+    finish(cfg)
+    before = (cfg.run_dir / loop.STATE_FILE).read_text()
+    logged = []
+    assert loop.run(load_config("local", [f"runs_dir={tmp_path}", "rounds=2", "train.epochs=4"]), log=logged.append,
+                    dry_run=True) == 0
+    text = logged[0]
+    assert "grow     done" in text and "train    stale   config changed: train.epochs" in text
+    assert "eval     to run  after train" in text and "round 2" in text
+    assert "grow     to run  after round 1" in text  # round 2 grows from round 1's (retrained) model
+    assert loop.run(cfg, log=logged.append, from_stage="mine", dry_run=True) == 0
+    assert "mine     to run  asked to rerun (--from)" in logged[-1]
+    assert (cfg.run_dir / loop.STATE_FILE).read_text() == before
+
+
+def test_a_config_edit_reruns_that_stage_and_everything_after_it_only(tmp_path, monkeypatch):
+    """Issue 14.3: `train.epochs` edited -> train, eval and report run again; debate, grow and mine do not.
+    Issue 14.2: a grow that left a tree unfinished -> the rerun grows it and mines, trains, evaluates again."""
+    import contextlib
+
+    import pbt_ray.runtime
+
+    cfg = cfg_in(tmp_path)
+    ran = []
+
+    class Summary:
+        grown, already_done, failed, problems, turns, generated_tokens, seconds, tokens_per_s = 1, 0, 0, [], 0, 0, 1, 0
+        failures, reads = [], {}
+
+    failed = {"n": 1}
+
+    def fake_grow(cfg, url, log=print):
+        ran.append("grow")
+        (cfg.run_dir / "trees").mkdir(parents=True, exist_ok=True)
+        summary = Summary()
+        summary.failed = failed["n"]
+        return summary
+
+    monkeypatch.setattr(pbt_ray.runtime, "ray_cluster", lambda cfg, log=print: contextlib.nullcontext())
+    monkeypatch.setattr(loop, "debater_endpoint", lambda cfg, log=print: contextlib.nullcontext("http://app/v1"))
+    monkeypatch.setattr(loop, "debate", lambda cfg, url, q=None: ran.append("debate") or fixture_debate())
+    monkeypatch.setattr("pbt_ray.dialogue.pipeline.grow_trees", fake_grow)
+    monkeypatch.setattr(loop, "mine_stage", lambda cfg, url, log=print: ran.append("mine") or {"selected": {}})
+    def fake_train(cfg, attempt, log):
+        ran.append(f"train{attempt}")
+        outputs["train"] = f"adapter-{len(ran)}"  # every training leaves a new adapter
+        return {}
+
+    monkeypatch.setattr(loop, "_train_stage", fake_train)
+    monkeypatch.setattr(loop, "_eval_stage", lambda top, k, cfg, url, log: ran.append("eval") or outputs.update(
+        eval=f"metrics-{len(ran)}"))
+    monkeypatch.setattr("pbt_ray.evaluation.report.write_report", lambda run_dir, log=print: ran.append("report"))
+    monkeypatch.setattr(loop, "format_grow_summary", lambda summary, cfg: "")
+    outputs = {"grow": "trees-1"}
+    # What each stage leaves follows from its inputs (new trees give new pairs, a new adapter, ...).
+    monkeypatch.setattr(loop, "stage_output", lambda top, c, name: outputs.get(name, f"out-{name}-{outputs['grow']}"))
+
+    assert loop.run(cfg, log=lambda *_: None) == 1  # a tree failed: the exit code says so
+    assert ran == ["debate", "grow", "mine", "train0", "eval", "report"]
+    ran.clear()
+    failed["n"], outputs["grow"] = 0, "trees-2"  # the rerun grows the missing tree
+    assert loop.run(cfg, log=lambda *_: None) == 0
+    assert ran == ["grow", "mine", "train0", "eval", "report"]
+    ran.clear()
+    assert loop.run(cfg, log=lambda *_: None) == 0 and ran == []  # nothing changed: nothing runs
+    edited = cfg_in(tmp_path, "train.epochs=4")
+    assert loop.run(edited, log=lambda *_: None) == 0
+    assert ran == ["train0", "eval", "report"]
+    ran.clear()
+    assert loop.run(edited, log=lambda *_: None, from_stage="train") == 0
+    assert ran == ["train1", "eval", "report"]  # --from: a new attempt, so Ray Train starts a new run
+    ran.clear()
+    assert loop.run(cfg_in(tmp_path, "train.epochs=4", "grow.max_growers=5"), log=lambda *_: None) == 0
+    assert ran == []  # an operational knob changes no result
+
+
+def fixture_debate():
+    from tests.unit.pbt_fixtures import fixture_tree
+
+    tree = fixture_tree("F1")
+    tree.status = "complete"
+    return tree
 
 
 def test_redoing_a_round_moves_later_rounds_aside(tmp_path):
@@ -101,10 +202,7 @@ def test_redoing_an_evaluation_keeps_later_rounds(tmp_path, monkeypatch):
     import pbt_ray.runtime
 
     cfg = cfg_in(tmp_path, "rounds=3")
-    for k in (1, 2, 3):
-        state = loop.load_state(loop.round_dir(cfg, k))
-        for stage in loop._stages(k):
-            loop.mark_done(loop.round_dir(cfg, k), state, stage)
+    finish(cfg)
     metrics = cfg.run_dir / "eval" / "base" / "team" / "metrics.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_text(json.dumps({"items": 1, "metrics": {"team_accuracy": 0.5}}))
@@ -119,11 +217,7 @@ def test_redoing_an_evaluation_keeps_later_rounds(tmp_path, monkeypatch):
 
 def test_a_finished_run_starts_nothing(tmp_path):
     cfg = cfg_in(tmp_path, "rounds=2")
-    for k in (1, 2):
-        directory = loop.round_dir(cfg, k)
-        state = loop.load_state(directory)
-        for stage in loop._stages(k):
-            loop.mark_done(directory, state, stage)
+    finish(cfg)
     logged = []
     assert loop.run(cfg, log=logged.append) == 0  # no Ray: it would fail to start without a cluster spec here
     assert "every stage of" in logged[0]

@@ -59,3 +59,21 @@ def test_report_shows_how_answers_were_read(tmp_path):
     assert readings["items"] == 2 and readings["none_rate_ci95"] == [0.0, 0.5]  # bootstrap over the 2 items
     page = (run / "report" / "report.html").read_text()
     assert "How answers were read" in page and "constrained 1, rule 2, rules-abstained 1" in page
+
+
+def test_report_shows_farm_adoption_given_a_right_first_answer(tmp_path):
+    from pbt_ray.evaluation.metrics import misinformation
+
+    items = [{"adopted": [False, True], "initial_correct": True, "appeals": ["logical", "emotional"],
+              "target": {"source": "trees"}},
+             {"adopted": [False, False], "initial_correct": True, "appeals": ["emotional", "logical"],
+              "target": {"source": "generated"}},
+             {"adopted": [True, True], "initial_correct": False, "appeals": ["logical", "emotional"],
+              "target": {"source": "trees"}}]
+    run = tmp_path / "run"
+    put(run, "base", "misinformation", misinformation(items))
+    write_report(run, log=lambda *_: None)
+    page = (run / "report" / "report.html").read_text()
+    assert "2 of 3" in page  # first right: the third item never knew the answer and is not counted
+    assert "0.50 [" in page and "(1 of 2)" in page  # adopted at the end, with its Wilson interval and count
+    assert "emotional" in page and "generated 1, trees 2" in page

@@ -1,0 +1,65 @@
+"""The record of what ran in a run directory: the resolved config, the command and its overrides, package
+versions and the code's git commit, written when a command that writes into the run starts.
+
+``<run dir>/run.yaml`` is the resolved config of the latest command (what `pbt config` would print);
+``<run dir>/runs.jsonl`` gets one line per command: when, which command, its arguments, the config's digest,
+the package versions and the git commit (with ``dirty`` when the working tree had changes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from pbt_ray.config import PBTConfig, dump_config
+
+RECORD_CONFIG = "run.yaml"
+RECORD_LOG = "runs.jsonl"
+PACKAGES = ("pbt-ray", "ray", "vllm", "torch", "transformers", "trl", "peft", "deepspeed", "datasets", "pyarrow",
+            "pydantic", "statsmodels")
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(where: Path | None = None) -> dict[str, object] | None:
+    """The commit of the pbt-ray source tree (None when it is not a git checkout, e.g. an installed wheel)."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_record(cfg: PBTConfig, command: str, argv: list[str] | None = None, run_dir: Path | None = None) -> dict:
+    """Write ``run.yaml`` and append to ``runs.jsonl`` in the run directory; returns the appended entry."""
+    from pbt_ray.stages import digest
+
+    run_dir = Path(run_dir or cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = dump_config(cfg)
+    tmp = run_dir / f".{RECORD_CONFIG}.tmp"
+    tmp.write_text(f"# resolved config of `pbt {command}` at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n" + text)
+    tmp.replace(run_dir / RECORD_CONFIG)
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
+             "argv": list(argv if argv is not None else sys.argv[1:]), "config_digest": digest(cfg.model_dump(mode="json")),
+             "python": sys.version.split()[0], "packages": package_versions(), "git": git_commit()}
+    with open(run_dir / RECORD_LOG, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return entry
