@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
                    help="redo this stage and every later one (debate, grow, mine, train, eval, report); finished "
                         "stages are otherwise skipped")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each stage of each round as done, stale (and why) or to run, and change nothing")
     p.add_argument("--round", dest="from_round", type=int, default=1, metavar="K",
                    help="with --from: the round whose stage is redone (rounds: N in the config); later rounds are "
                         "moved aside and run again [1]")
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.serving.client import EndpointError
     from pbt_ray.serving.chat_format import ChatFormatError
     from pbt_ray.serving.memory import ServingMemoryError
+    from pbt_ray.record import RunBusyError
 
     try:
         return _dispatch(args)
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
             TrainDataError, TrainError, ResourceError, EvalError,
-            ReportError, LoopError, ServingMemoryError, ChatFormatError) as exc:
+            ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -234,19 +237,25 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from pbt_ray.loop import run
 
-        return run(cfg, args.question, from_stage=args.from_stage, from_round=args.from_round)
+        if args.dry_run:
+            return run(cfg, args.question, from_stage=args.from_stage, from_round=args.from_round, dry_run=True)
+        with _recorded(cfg, "run"):
+            return run(cfg, args.question, from_stage=args.from_stage, from_round=args.from_round)
     if args.command == "debate":
         return _debate(cfg, args.question, args.url)
     if args.command == "grow":
-        return _grow(cfg)
+        with _recorded(cfg, "grow"):
+            return _grow(cfg)
     if args.command == "view":
         return _view(cfg, args)
     if args.command == "mine":
         return _mine(cfg, args)
     if args.command == "train":
-        return _train(cfg, args)
+        with _recorded(cfg, "train"):
+            return _train(cfg, args)
     if args.command == "eval":
-        return _eval(cfg, args)
+        with _recorded(cfg, "eval"):
+            return _eval(cfg, args)
     if args.command == "report":
         from pbt_ray.evaluation.report import write_report
 
@@ -255,6 +264,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         return _bench(cfg, args)
     raise AssertionError(args.command)
+
+
+def _recorded(cfg, command: str, run_dir: Path | None = None):
+    """Hold the run's lock and record what runs (``run.yaml``, ``runs.jsonl``: pbt_ray/record.py)."""
+    import contextlib
+
+    from pbt_ray.record import run_lock, write_record
+
+    @contextlib.contextmanager
+    def scope():
+        with run_lock(run_dir or cfg.run_dir, command):
+            write_record(cfg, command, run_dir=run_dir)
+            yield
+
+    return scope()
 
 
 def _model(action: str) -> int:
@@ -374,16 +398,25 @@ def _view(cfg, args) -> int:
 
 
 def _mine(cfg, args) -> int:
-    from pbt_ray.loop import check_endpoint, debater_endpoint
-    from pbt_ray.preferences.mining import mine
-    from pbt_ray.runtime import ray_cluster
+    from pbt_ray.preferences.mining import output_dir
 
     updates = {"input_format": args.input_format, "rule": args.mode, "balance": args.balance}
     updates = {k: v for k, v in updates.items() if v is not None}
     if args.stance_check:
         updates["stance_check"] = True
     cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update=updates)})
-    kwargs = {"trees": args.trees, "out": args.out, "use_ray": not args.no_ray}
+    out = output_dir(cfg, args.trees, args.out)
+    kwargs = {"trees": args.trees, "out": str(out), "use_ray": not args.no_ray}
+    # The run the pairs belong to is the one the trees came from, never the config's default run.
+    with _recorded(cfg, "mine", run_dir=out.parent):
+        return _mine_into(cfg, args, kwargs)
+
+
+def _mine_into(cfg, args, kwargs) -> int:
+    from pbt_ray.loop import check_endpoint, debater_endpoint
+    from pbt_ray.preferences.mining import mine
+    from pbt_ray.runtime import ray_cluster
+
     if not cfg.mine.stance_check:
         if args.no_ray:
             mine(cfg, **kwargs)

@@ -63,3 +63,43 @@ def write_record(cfg: PBTConfig, command: str, argv: list[str] | None = None, ru
     with open(run_dir / RECORD_LOG, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")
     return entry
+
+
+class RunBusyError(RuntimeError):
+    """Another pbt command holds the run directory's lock."""
+
+
+LOCK_FILE = ".pbt.lock"
+
+
+def run_lock(run_dir: Path, command: str):
+    """Hold the run directory's lock while a command writes into it: two commands writing one run (two
+    `pbt run`, or `pbt grow` next to `pbt run`) would mix their trees, pairs and state. Non-blocking: the second
+    command is refused with the first one's pid and command."""
+    import contextlib
+    import fcntl
+    import os
+
+    @contextlib.contextmanager
+    def held():
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(run_dir) / LOCK_FILE, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunBusyError(f"{run_dir} is in use by {holder}; wait for it to finish, or write into another "
+                                   "run (name=...)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} (`pbt {command}`)")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return held()

@@ -55,21 +55,27 @@ def finished_tree_ids(run_dir: Path) -> set[str]:
     return ids
 
 
+def part_name(trees: list[Tree]) -> str:
+    """A batch's part file name, from the ids of ALL its trees (finished or not): if a grower dies after writing
+    but before Ray Data records the batch as done, the retried batch writes the same name and replaces the file,
+    even when a different subset of its trees finishes this time (naming by the finished ones alone let a retry
+    write tree X into a second file)."""
+    return "part-" + hashlib.sha1("\n".join(sorted(t.tree_id for t in trees)).encode()).hexdigest()[:16] + ".parquet"
+
+
 def write_trees(trees: list[Tree], run_dir: Path) -> None:
     """Finished trees to trees/, failed ones to failed/: one atomically renamed part file each."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    name = part_name(trees)
     for subdir, group in ((TREES_DIR, [t for t in trees if t.status == "complete"]),
                           (FAILED_DIR, [t for t in trees if t.status != "complete"])):
         if not group:
+            (run_dir / subdir / name).unlink(missing_ok=True)  # a retry that finished them all: no stale copy
             continue
         directory = run_dir / subdir
         directory.mkdir(parents=True, exist_ok=True)
-        # Named by the batch's tree ids: if a grower dies after writing but before Ray Data records the batch
-        # as done, the retried batch replaces this file instead of adding a second copy of its trees.
-        digest = hashlib.sha1("\n".join(sorted(t.tree_id for t in group)).encode()).hexdigest()[:16]
-        name = f"part-{digest}.parquet"
         tmp = directory / f".{name}.tmp"
         pq.write_table(pa.Table.from_pylist([to_row(t) for t in group], schema=tree_schema()), tmp)
         os.replace(tmp, directory / name)
@@ -84,8 +90,12 @@ def read_trees(path: Path, include_failed: bool = False) -> Iterator[Tree]:
         files = [path]
     else:
         files = _part_files(path / TREES_DIR) + (_part_files(path / FAILED_DIR) if include_failed else [])
-    for part in files:
+    seen: set[str] = set()
+    for part in files:  # finished trees first: a tree that also failed in an earlier attempt is read once
         for row in pq.read_table(part).to_pylist():
+            if row["tree_id"] in seen:
+                continue
+            seen.add(row["tree_id"])
             yield from_row(row)
 
 

@@ -80,6 +80,15 @@ def mine_file(path: str, fmt: str, mcfg: MineConfig) -> dict[str, Any]:
     from pbt_ray.dialogue.tree import from_row as tree_from_row
 
     results: list[MineResult] = []
+    ids: list[str] = []  # every tree mined here, once: a tree written twice (a retried batch) is mined once
+
+    def once(tree: Tree, record: dict | None) -> None:
+        if tree.tree_id in ids:
+            results.append(MineResult(trees=0, drops=[Drop("duplicate_tree", tree.tree_id, detail=path)]))
+            return
+        ids.append(tree.tree_id)
+        results.append(_mine(tree, record, mcfg))
+
     if fmt == "ours":
         try:
             rows = pq.read_table(path).to_pylist()
@@ -91,15 +100,16 @@ def mine_file(path: str, fmt: str, mcfg: MineConfig) -> dict[str, Any]:
             except TreeSchemaError as exc:
                 results.append(_broken(f"{path} row {i} ({row.get('tree_id', '?')})", exc))
                 continue
-            results.append(_mine(tree, None, mcfg))
+            once(tree, None)
     else:
         for lineno, record, item in read_reference_records(path, source=os.path.basename(path)):
             if isinstance(item, TreeSchemaError):
                 results.append(_broken(f"{path} line {lineno}", item))
             else:
-                results.append(_mine(item, record, mcfg))
+                once(item, record)
     return {
         "path": path,
+        "tree_ids": ids,
         "trees": sum(r.trees for r in results),
         "candidates": sum(r.candidates for r in results),
         "pairs": [to_row(p) for r in results for p in r.pairs],
@@ -129,12 +139,34 @@ def mine_files(files: list[tuple[str, str]], mcfg: MineConfig, use_ray: bool = T
     else:
         per_file = [mine_file(p, f, mcfg) for p, f in files]
     summary = MineSummary(files=len(files))
+    seen: set[str] = set()
     for item in sorted(per_file, key=lambda r: r["path"]):
-        summary.trees += item["trees"]
+        again = set(item.get("tree_ids", [])) & seen  # already mined from an earlier file: counted, not mined twice
+        seen.update(item.get("tree_ids", []))
+        summary.trees += item["trees"] - len(again)
         summary.candidates += item["candidates"]
-        summary.pairs += [from_row(r) for r in item["pairs"]]
-        summary.drops += item["drops"]
+        summary.pairs += [from_row(r) for r in item["pairs"] if r["tree_id"] not in again]
+        summary.drops += [d for d in item["drops"] if d.get("tree_id") not in again or d["reason"] == "duplicate_tree"]
+        summary.drops += [{"reason": "duplicate_tree", "tree_id": t, "node": None, "detail": item["path"]}
+                          for t in sorted(again)]
     return summary
+
+
+def output_dir(cfg: PBTConfig, trees: str | None = None, out: str | None = None) -> Path:
+    """Where the pairs go: ``out`` / ``mine.out`` if given; else the preferences of the run the trees came from
+    (``<run>/preferences`` for a run directory, its ``trees/`` or a file in it; next to any other file), so
+    mining another run's trees never overwrites the config's own run."""
+    if out or cfg.mine.out:
+        return Path(out or cfg.mine.out).expanduser()
+    source = trees or cfg.mine.trees
+    if source is None:
+        return cfg.run_dir / "preferences"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        root = path.parent if path.name == "trees" and not (path / "trees").is_dir() else path
+    else:
+        root = path.parent.parent if path.parent.name == "trees" else path.parent
+    return root / "preferences"
 
 
 def mine(cfg: PBTConfig, *, trees: str | None = None, out: str | None = None, use_ray: bool = True,
@@ -142,7 +174,7 @@ def mine(cfg: PBTConfig, *, trees: str | None = None, out: str | None = None, us
     """The stage: find the trees, mine them, optionally check stances, select, write, report."""
     mcfg = cfg.mine
     trees_path = trees or mcfg.trees or str(cfg.run_dir)
-    out_dir = Path(out or mcfg.out or cfg.run_dir / "preferences").expanduser()
+    out_dir = output_dir(cfg, trees, out)
     files = find_tree_files(trees_path, mcfg.input_format)
     log(f"[pbt] mining {len(files)} tree file(s) from {trees_path} (rule: {mcfg.rule})")
     summary = mine_files(files, mcfg, use_ray=use_ray)
