@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.serving.chat_format import ChatFormatError
     from pbt_ray.serving.memory import ServingMemoryError
     from pbt_ray.record import RunBusyError
+    from pbt_ray.runtime import StorageError
 
     try:
         return _dispatch(args)
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
             TrainDataError, TrainError, ResourceError, EvalError,
-            ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError) as exc:
+            ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError, StorageError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -514,7 +514,14 @@ class ExtractConfig(_Strict):
 
 class PBTConfig(_Strict):
     name: str = Field("local", description="Run name; the run directory is <runs_dir>/<name>.")
-    runs_dir: str = Field("runs", description="Parent directory of run directories (a path or s3://, gs:// URI).")
+    runs_dir: str = Field(
+        "runs", description="Parent directory of run directories: a local path (or file:// URI). On a cluster of more "
+        "than one node it must be a filesystem every node mounts at the same path (NFS, a ReadWriteMany volume), "
+        "declared with shared_runs_dir: true. Object-store URIs (s3://, gs://) are not supported yet.")
+    shared_runs_dir: bool = Field(
+        False, description="runs_dir is mounted at the same path on every node of the cluster. Required on clusters "
+        "of more than one node: growers, Train workers and trained-model replicas run on other nodes and read and "
+        "write the run directory there.")
     ray: RayConfig = Field(default_factory=RayConfig)
     serve: ServeConfig
     debate: DebateConfig = Field(default_factory=DebateConfig)
@@ -585,6 +592,17 @@ class PBTConfig(_Strict):
         if chosen is None:
             return self.serve.roles["persuader"] if seat == "strong" else self.base_served().id
         return self.serve.roles.get(chosen, chosen)
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _local_runs_dir(cls, value: str) -> str:
+        if value.startswith("file://"):
+            return value[len("file://"):]
+        if "://" in value:
+            raise ValueError(f"{value}: object-store run directories are not supported yet (they became a local "
+                             "folder named like the URI); use a filesystem every node mounts (runs_dir=/mnt/shared/runs "
+                             "shared_runs_dir=true) and put checkpoints in object storage with train.storage_path")
+        return value
 
     @field_validator("name")
     @classmethod

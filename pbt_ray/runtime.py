@@ -107,12 +107,32 @@ def local_logical_cpus(cfg: PBTConfig) -> int:
     return max(6, math.ceil(app + trained + 1.0 + stage))
 
 
+class StorageError(ValueError):
+    """The run directory is not where every node of the cluster can read and write it."""
+
+
+def check_shared_storage(cfg: PBTConfig, nodes: int | None = None) -> None:
+    """Refuse a node-local runs_dir on a cluster of several nodes: growers would write trees to their own disks,
+    the merged trained model would land on the driver's disk while its replicas load it elsewhere, and default
+    checkpoints would stay node-local (issue 14.5). ``nodes``: the alive nodes (None: ask Ray)."""
+    if nodes is None:
+        import ray
+
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1 and not cfg.shared_runs_dir:
+        raise StorageError(
+            f"runs_dir {cfg.runs_dir} is local to this node and the cluster has {nodes} nodes: stages on other nodes "
+            "would write where the driver cannot read. Put runs_dir on a filesystem every node mounts at the same "
+            "path and declare it: runs_dir=/mnt/shared/runs shared_runs_dir=true")
+
+
 @contextlib.contextmanager
 def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
     """Join the configured cluster, or run an in-process one for the duration of the block."""
     import ray
 
     if ray.is_initialized():  # a caller (a test fixture, a job) owns the connection
+        check_shared_storage(cfg)
         yield
         return
     env = worker_env(cfg)
@@ -122,6 +142,7 @@ def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
         env = {k: v for k, v in env.items() if k not in job_env_vars()}
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=cfg.ray.log_to_driver)
         try:
+            check_shared_storage(cfg)
             yield
         finally:
             ray.shutdown()

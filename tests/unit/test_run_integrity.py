@@ -85,3 +85,18 @@ def test_one_writer_per_run(tmp_path):
                 pass
     with run_lock(tmp_path, "grow"):  # released
         pass
+
+
+def test_a_node_local_runs_dir_is_refused_on_a_multi_node_cluster(tmp_path):
+    """Issue 14.5: a local runs_dir on a cluster of several nodes was used silently (each node its own disk)."""
+    from pbt_ray.config import ConfigError
+    from pbt_ray.runtime import StorageError, check_shared_storage
+
+    cfg = load_config("local", [f"runs_dir={tmp_path}"])
+    check_shared_storage(cfg, nodes=1)
+    with pytest.raises(StorageError, match="cluster has 2 nodes.*shared_runs_dir=true"):
+        check_shared_storage(cfg, nodes=2)
+    check_shared_storage(load_config("local", [f"runs_dir={tmp_path}", "shared_runs_dir=true"]), nodes=2)
+    assert load_config("local", [f"runs_dir=file://{tmp_path}"]).run_dir == tmp_path / "local"
+    with pytest.raises(ConfigError, match="object-store run directories are not supported yet"):
+        load_config("local", ["runs_dir=s3://bucket/runs"])  # it became a local folder named "s3:"
