@@ -15,12 +15,13 @@ from pbt_ray.dialogue.pipeline import read_trees
 from .conftest import free_port
 
 pytestmark = pytest.mark.integration
-# Two trivia trees and balanced mining: training is skipped with its reason (tests/integration/test_train.py and
-# test_trained_serve.py cover training and the trained endpoint), which keeps this test to a few minutes.
-# Round 2: three short commonsense trees (depth 2: an answer, a persuasion, two replies) mined without balancing.
-ROUND_2 = ["rounds=2", "grow.questions=bundled:commonsense", "grow.limit=3", "grow.depth=2", "mine.balance=none"]
-SMALL = ["grow.limit=2", "grow.questions=bundled:trivia", "mine.balance=balanced", "eval.limit=1",
+# Training runs or is skipped with its reason (tests/integration/test_train.py and test_trained_serve.py cover
+# training and the trained endpoint), which keeps this test to a few minutes.
+# Both rounds grow three short commonsense trees (depth 2: an answer, a persuasion, two replies) mined without
+# balancing. The settings are the run's: changing them for round 2 would make round 1's stages stale (issue 14).
+SMALL = ["grow.questions=bundled:commonsense", "grow.limit=3", "grow.depth=2", "mine.balance=none", "eval.limit=1",
          "eval.suites=[are-you-sure,team]", "debate.turns=2"]
+ROUND_2 = ["rounds=2"]
 
 
 def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
@@ -47,18 +48,21 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     assert all(n["answer"] == "paris" for n in nodes if "paris" in n["text"].lower())
     # Then the trees, with a progress bar and a summary.
     assert "growing trees" in proc.stderr
-    assert "[pbt] trees: 2 grown, 0 already done, 0 failed" in out
+    assert "[pbt] trees: 3 grown, 0 already done, 0 failed" in out
     assert "[pbt] answers read (extract.mode rules): NONE in " in out
-    assert len(list(read_trees(tmp_path / "local"))) == 2
+    assert len(list(read_trees(tmp_path / "local"))) == 3
     # Then the pairs, with the stats report.
     assert "pairs by type:" in out and "[pbt] pairs in" in out
     run = tmp_path / "local"
     assert (run / "preferences" / "mine_stats.json").is_file()
     # Training ran or said why not (two trees of the 135M model rarely give a trainable pair); then the
     # evaluations of the base model and the report.
-    state = json.loads((run / "loop_state.json").read_text())
-    assert list(state["done"]) == ["debate", "grow", "mine", "train", "eval", "report"]
-    assert "adapter" in state["done"]["train"] or "train skipped:" in out
+    state = json.loads((run / "loop_state.json").read_text())["stages"]
+    assert list(state) == ["debate", "grow", "mine", "train", "eval", "report"]
+    assert all(s["complete"] and s["fingerprint"] for s in state.values())
+    assert state["train"]["info"].get("adapter") or "train skipped:" in out
+    record = [json.loads(line) for line in (run / "runs.jsonl").read_text().splitlines()]
+    assert record[-1]["command"] == "run" and record[-1]["packages"]["vllm"] and (run / "run.yaml").is_file()
     for suite in ("are-you-sure", "team"):
         assert json.loads((run / "eval" / "base" / suite / "metrics.json").read_text())["items"] >= 1
     assert "data:image/png;base64," in (run / "report" / "report.html").read_text()
@@ -85,10 +89,10 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
         assert tree.models[tree.roles["persuadee"]] == "pbt-trained"  # round 1's model answered as the persuadee
         assert tree.models[tree.roles["persuader"]] == "smollm2-135m-instruct"
         assert tree.models["extractor"] == "deterministic reader"  # the local preset reads answers by rule
-    state = json.loads((round_two / "loop_state.json").read_text())
-    assert list(state["done"]) == list(loop.ROUND_STAGES)
+    state = json.loads((round_two / "loop_state.json").read_text())["stages"]
+    assert list(state) == list(loop.ROUND_STAGES)
     assert (round_two / "preferences" / "mine_stats.json").is_file()
-    trained = "adapter" in state["done"]["train"]
+    trained = bool(state["train"]["info"].get("adapter"))
     if trained:  # its trees gave pairs: DPO from round 1's model, then evaluated next to base
         assert (round_two / "adapter" / "pbt_base_model.txt").read_text().strip() == str(run / "merged")
         metrics = json.loads((run / "eval" / "trained-round-2" / "team" / "metrics.json").read_text())

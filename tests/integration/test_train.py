@@ -91,26 +91,6 @@ def test_zero2_two_workers_lora_adapter_changes_the_model(zero2_run, pairs_dir):
     assert (after - before).abs().max().item() > 1e-4  # the trained adapter changes the model's outputs
 
 
-def test_an_identical_rerun_resumes_and_a_forced_one_trains_from_step_0(zero2_run, pairs_dir):
-    """Issue 14.1: the run name carries the fingerprint of what is trained. The same pairs and settings find the
-    finished run and export it again; `pbt run --from train` (attempt 1) or new settings start a new run at step 0
-    (before, Ray Train restored the old run's final checkpoint and the old adapter was exported again)."""
-    cfg, metrics = zero2_run
-    with ray_cluster(cfg):
-        again = train(cfg, str(pairs_dir), progress=False, log=lambda *_: None)
-        assert again["run_name"] == metrics["run_name"] and again["global_step"] == STEPS
-        forced = train(cfg, str(pairs_dir), progress=False, record_samples=True, log=lambda *_: None, attempt=1)
-    assert forced["run_name"] != metrics["run_name"] and forced["global_step"] == STEPS
-    for rank in (0, 1):
-        segments = read_segments(cfg.run_dir / "train" / "samples" / f"rank-{rank}.jsonl")
-        assert segments[-1]["from"] == 0 and len(segments[-1]["train"]) >= STEPS  # a new run, from the start
-    from pbt_ray.training.launch import training_run_name
-
-    files = {"train": str(pairs_dir / "pairs" / "train.parquet"), "dev": str(pairs_dir / "pairs" / "dev.parquet")}
-    edited = load_config("local", [f"runs_dir={cfg.runs_dir}", "name=zero2", *BASE, "train.beta=0.2"])
-    assert training_run_name(edited, files, "m") != training_run_name(cfg, files, "m")
-
-
 def test_zero3_sft_then_dpo_exports_whole_adapters(pairs_dir, tmp_path):
     """ZeRO-3 (weights partitioned while loading), with the optional SFT stage merged before DPO."""
     from safetensors.torch import load_file
@@ -159,3 +139,24 @@ def test_killed_run_resumes_at_its_checkpoint_with_the_same_data_order(zero2_run
         step = resumed["from"]
         assert 2 <= step < STEPS and step % 2 == 0  # resumed from a checkpoint, not from scratch
         assert resumed["train"] == expected[step:]  # the same batches, continuing where the checkpoint left off
+
+
+def test_an_identical_rerun_resumes_and_a_forced_one_trains_from_step_0(zero2_run, pairs_dir):
+    """Last in this file: it adds a run to zero2_run's samples, which the resume test reads as its reference.
+    Issue 14.1: the run name carries the fingerprint of what is trained. The same pairs and settings find the
+    finished run and export it again; `pbt run --from train` (attempt 1) or new settings start a new run at step 0
+    (before, Ray Train restored the old run's final checkpoint and the old adapter was exported again)."""
+    cfg, metrics = zero2_run
+    with ray_cluster(cfg):
+        again = train(cfg, str(pairs_dir), progress=False, log=lambda *_: None)
+        assert again["run_name"] == metrics["run_name"] and again["global_step"] == STEPS
+        forced = train(cfg, str(pairs_dir), progress=False, record_samples=True, log=lambda *_: None, attempt=1)
+    assert forced["run_name"] != metrics["run_name"] and forced["global_step"] == STEPS
+    for rank in (0, 1):
+        segments = read_segments(cfg.run_dir / "train" / "samples" / f"rank-{rank}.jsonl")
+        assert segments[-1]["from"] == 0 and len(segments[-1]["train"]) >= STEPS  # a new run, from the start
+    from pbt_ray.training.launch import training_run_name
+
+    files = {"train": str(pairs_dir / "pairs" / "train.parquet"), "dev": str(pairs_dir / "pairs" / "dev.parquet")}
+    edited = load_config("local", [f"runs_dir={cfg.runs_dir}", "name=zero2", *BASE, "train.beta=0.2"])
+    assert training_run_name(edited, files, "m") != training_run_name(cfg, files, "m")
