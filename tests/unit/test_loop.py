@@ -260,3 +260,13 @@ def test_grow_summary_reports_the_none_rate(tmp_path):
     assert "answers read (extract.mode rules): NONE in 3 of 10 turns (30.0%); answer 6, agree 0, disagree 1; read by rule 10" in text
     summary.none_rate_ci95 = [0.2, 0.4]
     assert "NONE in 3 of 10 turns (30.0%, 95% CI 20.0%-40.0% over trees)" in loop.format_grow_summary(summary, cfg_in(tmp_path))
+
+
+def test_a_run_of_an_older_version_is_taken_as_it_is(tmp_path):
+    cfg = cfg_in(tmp_path)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / loop.STATE_FILE).write_text(json.dumps({"version": 1, "done": dict.fromkeys(loop.LOOP_STAGES, {})}))
+    logged = []
+    assert loop.run(cfg, log=logged.append) == 0  # nothing reruns, no cluster starts
+    assert "took debate, grow, mine, train, eval, report as done" in logged[0] and "every stage of" in logged[1]
+    assert json.loads((cfg.run_dir / loop.STATE_FILE).read_text())["version"] == 2

@@ -74,7 +74,7 @@ def test_every_run_records_its_config_versions_and_commit(tmp_path):
     assert load_config(str(cfg.run_dir / RECORD_CONFIG)).train.epochs == 3.0  # the record loads as a config
     logged = json.loads((cfg.run_dir / RECORD_LOG).read_text().splitlines()[-1])
     assert logged == entry and logged["argv"] == ["run", "train.epochs=3"]
-    assert logged["packages"]["ray"] and logged["packages"]["pbt-ray"]
+    assert logged["packages"]["ray"] and logged["packages"]["pbt-ray"] and logged["packages"]["vllm"]
     assert logged["git"] is None or len(logged["git"]["commit"]) == 40
 
 
