@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,12 +252,3 @@ def stage_named(stages: tuple[Stage, ...], name: str) -> Stage:
         if stage.name == name:
             return stage
     raise StageError(f"no stage '{name}'; stages are {', '.join(s.name for s in stages)}")
-
-
-def run_stage(stages: tuple[Stage, ...], name: str, config: dict, state: StageState,
-              body: Callable[[], tuple[str | None, bool, dict]], extra: dict | None = None) -> None:
-    """Run ``body`` (returns output digest, complete, info) for stage ``name`` and record it."""
-    stage = stage_named(stages, name)
-    fp = fingerprint(stage, config, state.outputs(), extra)
-    output, complete, info = body()
-    state.record(stage, fp, config, output, complete, info)
