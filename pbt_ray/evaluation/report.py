@@ -214,13 +214,13 @@ def _misinformation_html(rows: list[tuple[str, dict]]) -> str:
         def cell(key: str, hits_key: str) -> str:
             return f"{_rate(m[key], m.get(key + '_ci95')) if knew else 'n/a'} ({m.get(hits_key, 0)} of {knew})"
 
-        appeals = "; ".join(f"{name} {_rate(a['rate'], a.get('ci95')) if a['n'] else 'n/a'} (n {a['n']})"
-                            for name, a in (m.get("adoption_per_appeal") or {}).items())
+        appeals = "<br>".join(esc(f"{name} {_rate(a['rate'], a.get('ci95')) if a['n'] else 'n/a'} (n {a['n']})")
+                              for name, a in (m.get("adoption_per_appeal") or {}).items())
         sources = ", ".join(f"{k} {v}" for k, v in sorted((m.get("targets_by_source") or {}).items()))
         out.append(f"<tr><td>{esc(label)}</td><td>{knew} of {m.get('n', 0)}</td>"
                    f"<td>{cell('adoption_given_correct', 'n_adopted_given_correct')}</td>"
                    f"<td>{cell('adoption_given_correct_any_turn', 'n_adopted_given_correct_any_turn')}</td>"
-                   f"<td>{esc(appeals)}</td><td>{esc(sources)}</td></tr>")
+                   f"<td>{appeals}</td><td>{esc(sources)}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
 
@@ -242,6 +242,8 @@ def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) 
         if suite in figures:
             parts.append(f"<img alt='{esc(suite)}' src='data:image/png;base64,{figures[suite]}'>")
         keys = [k for k, v in rows[0][1]["metrics"].items() if isinstance(v, (int, float))]
+        if suite == "misinformation":  # the Farm rates, counts and intervals have their own table below
+            keys = [k for k in keys if k in ("adoption_final", "adoption_any_turn", "n", "initial_accuracy")]
         parts.append("<table><tr><th>model</th>" + "".join(f"<th>{esc(k)}</th>" for k in keys) + "</tr>")
         for label, data in rows:
             cells = []
