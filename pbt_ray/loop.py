@@ -299,10 +299,11 @@ class _Round:
         return (seen is None or seen.get("forgotten") or not seen.get("complete", True)
                 or seen.get("fingerprint") != self.fingerprint(name))
 
-    def stale(self, name: str) -> bool:
-        """Recorded with another fingerprint (not merely unfinished): its old outputs are not this config's."""
+    def redo(self, name: str) -> bool:
+        """Its old outputs are not to be continued: recorded with another fingerprint, or forced (``--from``).
+        Merely unfinished (same fingerprint, some items failed) is continued instead."""
         seen = self.state.stages.get(name) or {}
-        return bool(seen.get("fingerprint")) and seen["fingerprint"] != self.fingerprint(name)
+        return bool(seen.get("forgotten")) or (bool(seen.get("fingerprint")) and seen["fingerprint"] != self.fingerprint(name))
 
     def done(self, name: str, complete: bool = True, info: dict | None = None) -> None:
         fp = self.fingerprint(name)  # inputs as they were when the stage ran
@@ -345,7 +346,7 @@ def _serve_stages(r: _Round, url: str, question: str | None) -> bool:
         ok = tree.status == "complete"
         r.done("debate")
     if r.needs("grow"):
-        if r.stale("grow"):  # grown with other settings: kept aside, never mixed with the new trees
+        if r.redo("grow"):  # grown with other settings, or asked to regrow: kept aside, never mixed with new trees
             _set_aside(cfg.run_dir, ("trees", "failed", "grow_summary.json"), log)
         summary = grow_trees(cfg, url, log=log)
         log(format_grow_summary(summary, cfg))

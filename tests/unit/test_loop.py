@@ -156,6 +156,13 @@ def test_a_config_edit_reruns_that_stage_and_everything_after_it_only(tmp_path, 
     ran.clear()
     assert loop.run(cfg_in(tmp_path, "train.epochs=4", "grow.max_growers=5"), log=lambda *_: None) == 0
     assert ran == []  # an operational knob changes no result
+    # --from grow grows afresh: the old trees are moved aside (a resuming grow would skip every finished tree,
+    # so nothing would be regrown), never deleted.
+    (edited.run_dir / "trees" / "part-old.parquet").write_text("old")
+    assert loop.run(edited, log=lambda *_: None, from_stage="grow") == 0
+    assert ran == ["grow", "mine", "train2", "eval", "report"]
+    (aside,) = edited.run_dir.glob("trees.stale-*")
+    assert (aside / "part-old.parquet").is_file() and not (edited.run_dir / "trees" / "part-old.parquet").exists()
 
 
 def fixture_debate():
