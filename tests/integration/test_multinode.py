@@ -49,7 +49,8 @@ def test_a_node_local_runs_dir_is_refused_and_a_shared_one_is_used_from_the_othe
     write_ours(shared.run_dir / "trees" / "part-1.parquet", [random_tree(random.Random(s), s) for s in range(12, 24)])
     with ray_cluster(shared):
         stats = mine(shared, log=lambda *_: None)  # one Ray Data task per tree file; the head runs no work
-        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    assert len(nodes) == 2 and two_nodes in nodes
+        cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+    # Two nodes, and only the worker node has CPUs: every mining task ran there, none on the driver's node.
+    assert len(cpus) == 2 and {node for node, n in cpus.items() if n > 0} == {two_nodes}
     assert stats["trees"] == 24 and stats["files"] == 2
     assert (shared.run_dir / "preferences" / "pairs" / "train.parquet").is_file()
