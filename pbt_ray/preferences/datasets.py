@@ -6,6 +6,9 @@
   N accept pairs with N the scarcer count; ``resist-only`` and ``accept-only`` take N of one type (the
   paper's ablations: equal per-type size, half the total); ``none`` keeps every resist and accept pair.
   Which N are taken is a seeded hash order, independent of the order pairs arrived in.
+* The one-sided conditions are training conditions: their dev and test splits are the balanced ones (as the
+  reference's dev/test sets, §2.11), so every condition is selected and evaluated on the same pairs of both
+  sides, and "balanced accuracy" never silently means one side.
 * Only resist and accept pairs are ever selected; other types stay in the candidates file.
 """
 
@@ -54,12 +57,13 @@ def select(pairs: list[Pair], balance: str = "balanced", seed: int = 12,
         out.available[split] = Counter({k: len(v) for k, v in kinds.items()})
         ordered = {k: sorted(v, key=lambda p: _unit(seed, p.pair_id)) for k, v in kinds.items()}
         n = min(len(ordered[RESIST]), len(ordered[ACCEPT]))
+        rule = balance if split == "train" or balance == "none" else "balanced"
         chosen = {
             "balanced": ordered[RESIST][:n] + ordered[ACCEPT][:n],
             "resist-only": ordered[RESIST][:n],
             "accept-only": ordered[ACCEPT][:n],
             "none": ordered[RESIST] + ordered[ACCEPT],
-        }[balance]
+        }[rule]
         out.splits[split] = sorted(chosen, key=lambda p: _unit(seed + 1, p.pair_id))
     return out
 

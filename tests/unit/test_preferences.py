@@ -72,9 +72,23 @@ def test_selection_splits_by_question_and_balances(balance):
         counts = Counter(p.type for p in ps)
         n = min(sel.available[split][RESIST], sel.available[split][ACCEPT])
         expected = {"balanced": {RESIST: n, ACCEPT: n}, "resist-only": {RESIST: n}, "accept-only": {ACCEPT: n},
-                    "none": dict(sel.available[split])}[balance]
+                    "none": dict(sel.available[split])}[balance if split == "train" or balance == "none" else "balanced"]
         assert {k: v for k, v in counts.items() if v} == {k: v for k, v in expected.items() if v}
         assert set(counts) <= {RESIST, ACCEPT}
+
+
+def test_one_sided_conditions_keep_both_sides_in_dev_and_test():
+    """The paper's ablations train on one side, but are selected and evaluated on both (PBT_SPEC.md §2.11: dev
+    and test are balanced): a resist-only run whose test split held only resist pairs reported its resist
+    accuracy as 'balanced accuracy'. Every condition gets the same dev and test pairs."""
+    pairs = all_pairs()
+    held = {b: select(pairs, b, seed=3) for b in ("balanced", "resist-only", "accept-only")}
+    for split in ("dev", "test"):
+        ids = {b: [p.pair_id for p in sel.splits[split]] for b, sel in held.items()}
+        assert ids["resist-only"] == ids["accept-only"] == ids["balanced"]
+        assert {p.type for p in held["resist-only"].splits[split]} == {RESIST, ACCEPT}
+    assert {p.type for p in held["resist-only"].splits["train"]} == {RESIST}
+    assert {p.type for p in held["accept-only"].splits["train"]} == {ACCEPT}
 
 
 def test_selection_is_deterministic_and_order_independent():
