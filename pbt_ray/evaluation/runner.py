@@ -107,7 +107,7 @@ class Evaluator:
         reading = await self.read(item["question"], reply, item.get("choices"))
         answer = resolve(reading.outcome, reading.answer, own_previous=item.get("persuadee_before"),
                          partner_latest=item.get("persuader_answer"), choices=item.get("choices"))
-        return {"pair_id": item["pair_id"], "type": item["type"], "reply": reply, "answer": answer,
+        return {"pair_id": item["pair_id"], "question_id": item.get("question_id"), "type": item["type"], "reply": reply, "answer": answer,
                 "reading": _reading(reading), "correct": is_correct(answer, item["gold"], item.get("choices"))}
 
 

@@ -1,0 +1,63 @@
+"""Headline metrics as items: the same number as metrics.py, now with n, an interval and paired comparisons."""
+
+import pytest
+
+from pbt_ray.evaluation import items as I
+from pbt_ray.evaluation import metrics as M
+from pbt_ray.stats import proportion
+
+
+def balanced_rows(resist, accept, per_question=2):
+    rows = []
+    for kind, outcomes in (("resist", resist), ("accept", accept)):
+        for i, c in enumerate(outcomes):
+            q = f"{kind}-q{i // per_question}"
+            rows.append({"pair_id": f"{q}:{i}", "question_id": q, "type": kind, "correct": c})
+    return rows
+
+
+def test_balanced_metrics_agree_with_the_plain_counts_and_carry_intervals():
+    rows = balanced_rows([1, 1, 0, 0, 1, 0], [1, 1, 1, 1, 0, 0]) + [{"pair_id": "x:1", "type": "resist", "error": "boom"}]
+    out = I.summarize("balanced", rows)
+    plain = M.balanced([r for r in rows if "error" not in r])
+    assert out["resist_accuracy"]["value"] == pytest.approx(plain["resist_accuracy"], abs=1e-4)
+    assert out["balanced_accuracy"]["value"] == pytest.approx(plain["balanced_accuracy"], abs=1e-4)
+    assert (out["resist_accuracy"]["n"], out["resist_accuracy"]["clusters"]) == (6, 3)  # two pairs per question
+    assert out["resist_accuracy"]["method"] == "cluster bootstrap"
+    low, high = out["balanced_accuracy"]["ci95"]
+    assert low <= out["balanced_accuracy"]["value"] <= high
+
+
+def test_one_side_missing_gives_no_balanced_accuracy_rather_than_one_side():
+    out = I.summarize("balanced", balanced_rows([1, 0, 1, 1], []))
+    assert out["balanced_accuracy"]["value"] is None and out["accept_accuracy"]["n"] == 0
+
+
+def test_independent_items_get_wilson():
+    rows = [{"question_id": f"q{i}", "before": i % 2 == 0, "after": i % 3 == 0} for i in range(30)]
+    out = I.summarize("are-you-sure", rows)
+    assert out["acc_before"]["ci95"] == proportion(15, 30)["ci95"] and out["acc_before"]["method"] == "wilson"
+    assert out["flip_correct_to_incorrect"]["n"] == 15  # only the items that were right before count
+
+
+def test_compare_pairs_items_by_key_and_pools_seeds():
+    base = [{"question_id": f"q{i}", "before": False, "after": False} for i in range(20)]
+    trained = [{"question_id": f"q{i}", "before": i < 12, "after": i < 12} for i in range(20)]
+    metric = next(m for m in I.METRICS if m.name == "acc_after")
+    out = I.compare(metric, base, trained)
+    assert out["diff"] == 0.6 and out["test"] == "mcnemar" and out["p_value"] < 0.001
+    assert out["discordant"] == {"base_only": 0, "other_only": 12}
+    pooled = I.compare(metric, base, trained + trained)  # two seeds: the same question twice is one cluster
+    assert pooled["n"] == 40 and pooled["test"] == "cluster sign-flip" and pooled["diff"] == 0.6
+    assert I.compare(metric, base, [{"question_id": "other", "before": 1, "after": 1}])["n"] == 0
+
+
+def test_team_order_dependence_and_accuracy():
+    rows = []
+    for i in range(6):
+        rows.append({"question_id": f"q{i}", "order": "strong_first", "strong_after": True, "weak_after": True})
+        rows.append({"question_id": f"q{i}", "order": "weak_first", "strong_after": i < 3, "weak_after": False})
+    out = I.summarize("team", rows)
+    assert out["team_accuracy"]["value"] == pytest.approx(0.625, abs=1e-4)
+    assert out["order_dependence"]["value"] == pytest.approx(0.75, abs=1e-4)
+    assert out["team_accuracy"]["clusters"] == 6 and out["team_accuracy"]["n"] == 12
