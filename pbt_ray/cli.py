@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="base", help="name of the evaluated model in the results: <run dir>/eval/LABEL/ [base]")
     p.add_argument("--model", help="model id to evaluate [eval.model, else the persuadee role; 'trained' with --trained]")
 
+    p = sub.add_parser("experiment", help="the paper's conditions x seeds from one set of mined pairs, with intervals "
+                       "(experiment.conditions, experiment.seeds)")
+    _add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print each cell as done or to run, and change nothing")
+    p.add_argument("--report-only", action="store_true", help="rewrite experiment.json / .html from the finished cells")
+
     p = sub.add_parser("report", help="the run's evaluation results as JSON and an HTML report with plots")
     p.add_argument("run_dir", nargs="?", help="run directory [the config's run dir]")
     _add_config_args(p)
@@ -191,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.serving.memory import ServingMemoryError
     from pbt_ray.record import RunBusyError
     from pbt_ray.runtime import StorageError
+    from pbt_ray.experiment import ExperimentError
 
     try:
         return _dispatch(args)
@@ -199,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
             TrainDataError, TrainError, ResourceError, EvalError,
-            ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError, StorageError) as exc:
+            ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError, StorageError,
+            ExperimentError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -242,6 +250,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             return run(cfg, args.question, from_stage=args.from_stage, from_round=args.from_round, dry_run=True)
         with _recorded(cfg, "run"):
             return run(cfg, args.question, from_stage=args.from_stage, from_round=args.from_round)
+    if args.command == "experiment":
+        from pbt_ray import experiment
+
+        if args.report_only:
+            from pbt_ray.evaluation.experiment_report import write_experiment_report
+
+            write_experiment_report(cfg)
+            return 0
+        if args.dry_run:
+            return experiment.run(cfg, dry_run=True)
+        with _recorded(cfg, "experiment"):
+            return experiment.run(cfg)
     if args.command == "debate":
         return _debate(cfg, args.question, args.url)
     if args.command == "grow":

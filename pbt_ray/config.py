@@ -467,8 +467,14 @@ class EvalConfig(_Strict):
         description="Evaluations `pbt eval all` runs.",
     )
     questions: str | None = Field(
-        None, description="Question source of are-you-sure, misinformation and team (None: grow.questions); only "
-        "questions whose split (mine.seed, mine.split_fractions) is 'test' are used, so training never saw them.",
+        None, description="Question source of are-you-sure, misinformation and team (None: grow.questions); from "
+        "grow.questions, only held-out questions are used (eval.held_out), so training never saw them.",
+    )
+    held_out: Literal["test-split", "not-grown-or-test"] = Field(
+        "test-split",
+        description="Which questions of grow.questions count as held out. test-split: those whose split (mine.seed, "
+        "mine.split_fractions) is 'test'. not-grown-or-test: those, plus every question past grow.limit, which no "
+        "tree was grown from (a small demo grows a few questions and can evaluate on the rest).",
     )
     limit: PositiveInt | None = Field(
         1000, description="Questions of are-you-sure, misinformation and team at most (paper: 1000 validation questions; "
@@ -498,6 +504,37 @@ class EvalConfig(_Strict):
         "most often for that question in the trees, else one the persuader role generates as plausible but wrong "
         "(checked wrong by the matcher). Or the path of a Farm-format JSON/JSONL file (docs/evaluation.md).",
     )
+
+
+CONDITIONS = ("base", "accept-only", "resist-only", "balanced")
+
+
+class ExperimentConfig(_Strict):
+    """`pbt experiment`: the paper's conditions x seeds from one set of mined pairs (docs/experiments.md)."""
+
+    conditions: list[Literal["base", "accept-only", "resist-only", "balanced"]] = Field(
+        default_factory=lambda: list(CONDITIONS),
+        description="Conditions trained and evaluated: base (no training), accept-only and resist-only (N pairs of one "
+        "side), balanced (PBT: N accept + N resist); N = the scarcer side's train pairs (PBT_SPEC.md §2.11). All are "
+        "evaluated on one shared test set holding both sides.",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [1, 2, 3],
+        description="Training seeds per trained condition (train.seed); results are reported per seed, as mean +- sd, "
+        "and pooled. Adding a seed or a condition reuses every finished cell.",
+    )
+    suites: list[Literal["balanced", "are-you-sure", "misinformation", "team"]] | None = Field(
+        None, description="Evaluations of every cell (None: eval.suites).")
+
+    @model_validator(mode="after")
+    def _cells(self) -> "ExperimentConfig":
+        if not self.conditions:
+            raise ValueError("experiment.conditions is empty; name at least one of " + ", ".join(CONDITIONS))
+        if len(set(self.conditions)) != len(self.conditions) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("experiment.conditions and experiment.seeds must not repeat an entry")
+        if not self.seeds and set(self.conditions) - {"base"}:
+            raise ValueError("experiment.seeds is empty; a trained condition needs at least one seed")
+        return self
 
 
 class ExtractConfig(_Strict):
@@ -530,6 +567,7 @@ class PBTConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     rounds: PositiveInt = Field(
         1, description="Rounds of the loop (`pbt run`). Round k >= 2 serves round k-1's trained model (merged) as the "
         "debater roles in feed_roles, grows and mines new trees with it under <run dir>/round-k, trains a new adapter "

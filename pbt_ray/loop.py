@@ -332,7 +332,6 @@ def _round(top: PBTConfig, k: int, cfg: PBTConfig, states: dict[int, StageState]
 
 
 def _serve_stages(r: _Round, url: str, question: str | None) -> bool:
-    from pbt_ray.dialogue.pipeline import grow_trees
     from pbt_ray.dialogue.view import render_text
 
     ok, cfg, log = True, r.cfg, r.log
@@ -345,23 +344,40 @@ def _serve_stages(r: _Round, url: str, question: str | None) -> bool:
         log(f"[pbt] debate written to {out}\n")
         ok = tree.status == "complete"
         r.done("debate")
-    if r.needs("grow"):
-        if r.redo("grow"):  # grown with other settings, or asked to regrow: kept aside, never mixed with new trees
-            _set_aside(cfg.run_dir, ("trees", "failed", "grow_summary.json"), log)
-        summary = grow_trees(cfg, url, log=log)
-        log(format_grow_summary(summary, cfg))
-        ok = ok and summary.failed == 0
-        r.done("grow", complete=summary.failed == 0,
-               info={"trees": summary.grown + summary.already_done, "failed": summary.failed})
-    if r.needs("mine"):
-        stats = mine_stage(cfg, url, log)
-        r.done("mine", info={"selected": stats["selected"]})
+    ok = _grow_and_mine(r, url) and ok
     if r.needs("train"):
         r.done("train", info=_train_stage(cfg, r.state.attempt("train"), log))
     if r.needs("eval"):
         _eval_stage(r.top, r.k, cfg, url, log)
         r.done("eval")
     return ok
+
+
+def _grow_and_mine(r: _Round, url: str) -> bool:
+    """The round's grow and mine stages, each when it needs to run; False if some trees failed."""
+    from pbt_ray.dialogue.pipeline import grow_trees
+
+    ok, cfg, log = True, r.cfg, r.log
+    if r.needs("grow"):
+        if r.redo("grow"):  # grown with other settings, or asked to regrow: kept aside, never mixed with new trees
+            _set_aside(cfg.run_dir, ("trees", "failed", "grow_summary.json"), log)
+        summary = grow_trees(cfg, url, log=log)
+        log(format_grow_summary(summary, cfg))
+        ok = summary.failed == 0
+        r.done("grow", complete=summary.failed == 0,
+               info={"trees": summary.grown + summary.already_done, "failed": summary.failed})
+    if r.needs("mine"):
+        stats = mine_stage(cfg, url, log)
+        r.done("mine", info={"selected": stats["selected"]})
+    return ok
+
+
+def grow_and_mine(cfg: PBTConfig, url: str, log=print) -> bool:
+    """Round 1's grow and mine as `pbt run` does them (fingerprinted and recorded in the same
+    ``loop_state.json``, so a later `pbt run` reuses them): what an experiment trains its conditions from."""
+    states = {1: load_state(cfg.run_dir)}
+    _adopt_legacy(cfg, states, 1, log)
+    return _grow_and_mine(_Round(cfg, 1, cfg, states, log), url)
 
 
 def _set_aside(run_dir: Path, names: tuple[str, ...], log) -> None:
@@ -411,25 +427,32 @@ def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, url: str, log) -> None:
     round k >= 2: on its trained model only (the earlier rounds' results are its baseline). Every round
     evaluates on round 1's held-out items and writes under the run directory's ``eval/<label>``, so the
     report compares base and every round on the same items."""
-    from pbt_ray.evaluation.stage import EvalError, evaluate
     from pbt_ray.serving.trained import TRAINED_ROLE, has_adapter
 
-    def run_suites(label: str, endpoint: str, model: str | None, serve, team=None) -> None:
-        # The evaluated model answers the single-model suites; the team debate seats eval.team's models, with
-        # the trained ones in their seats for the trained evaluation (trained_seats).
-        ecfg = top.model_copy(update={"serve": serve, "eval": top.eval.model_copy(
-            update={"model": model, **({"team": team} if team is not None else {})})})
-        for suite in top.eval.suites:
-            try:
-                evaluate(ecfg, suite, endpoint, label=label, log=log)
-            except EvalError as exc:
-                log(f"[pbt] eval {suite} ({label}) skipped: {exc}")
-
     if k == 1:
-        run_suites("base", url, None, cfg.serve)
+        evaluate_suites(top, "base", url, None, cfg.serve, log=log)
     if has_adapter(cfg.run_dir):
         with trained_endpoint(cfg, log) as (trained_url, tcfg):
-            run_suites(eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve, trained_seats(top, tcfg))
+            evaluate_suites(top, eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve, trained_seats(top, tcfg), log=log)
+
+
+def evaluate_suites(top: PBTConfig, label: str, endpoint: str, model: str | None, serve, team=None, *,
+                    suites=None, log=print, **where) -> dict[str, dict]:
+    """Every suite of ``suites`` (default eval.suites) on one model: ``model`` (None: the served base) answers the
+    single-model suites; the team debate seats eval.team's models, with the trained ones in their seats for a
+    trained evaluation (:func:`trained_seats`). ``where``: evaluate()'s out_dir, pairs, targets_file. A suite
+    that cannot run (no items) is skipped with the reason; returns {suite: summary} of those that ran."""
+    from pbt_ray.evaluation.stage import EvalError, evaluate
+
+    ecfg = top.model_copy(update={"serve": serve, "eval": top.eval.model_copy(
+        update={"model": model, **({"team": team} if team is not None else {})})})
+    out = {}
+    for suite in suites or top.eval.suites:
+        try:
+            out[suite] = evaluate(ecfg, suite, endpoint, label=label, log=log, **where)
+        except EvalError as exc:
+            log(f"[pbt] eval {suite} ({label}) skipped: {exc}")
+    return out
 
 
 def seat_model_id(seat: str) -> str:

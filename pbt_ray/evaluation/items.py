@@ -99,8 +99,14 @@ def estimate(metric: Metric, rows: list[dict], seed: int = 12) -> dict[str, Any]
     _keys, clusters, values, groups = _columns(metric, rows)
     if metric.statistic is None:
         out = stats.cluster_mean(values, clusters, seed=seed)
-        return {"value": out["mean"], "n": out["n"], "clusters": out["clusters"], "ci95": out["ci95"],
-                "method": out["method"]}
+        ci, method = out["ci95"], out["method"]
+        binary = bool(len(values)) and set(np.unique(values)) <= {0.0, 1.0}
+        if method == "cluster bootstrap" and binary and (ci is None or ci[0] == ci[1]):
+            # Every resample gives the same rate (all items right, say): the bootstrap cannot see its own
+            # uncertainty. Wilson over the clusters, as if each question were one item, is the cautious bound.
+            k = out["clusters"]
+            ci, method = stats.proportion(round(out["mean"] * k), k)["ci95"], "wilson over questions"
+        return {"value": out["mean"], "n": out["n"], "clusters": out["clusters"], "ci95": ci, "method": method}
     if not len(values):
         return {"value": None, "n": 0, "clusters": 0, "ci95": None, "method": None}
     point, ci = stats.cluster_bootstrap(clusters, metric.statistic, values, groups, seed=seed)

@@ -178,6 +178,29 @@ async def build_targets(questions: list[Question], answers: dict[str, list[str]]
     return out
 
 
+def save_targets(path: str | Path, targets: dict[str, Target]) -> None:
+    """Every question's target as JSON (written whole, then renamed), for :func:`load_targets`."""
+    import dataclasses
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({qid: dataclasses.asdict(t) for qid, t in targets.items()}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def load_targets(path: str | Path, questions: list[Question]) -> dict[str, Target] | None:
+    """The targets :func:`save_targets` wrote, if the file holds one for every question (else None: build them)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text())
+    if any(q.id not in rows for q in questions):
+        return None
+    return {q.id: Target(**{**rows[q.id], "aliases": tuple(rows[q.id]["aliases"])}) for q in questions}
+
+
 # ---- Farm files (Xu et al. 2024; schema in docs/evaluation.md) -------------------------------------------
 
 

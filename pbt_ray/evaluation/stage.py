@@ -35,7 +35,10 @@ def held_out_questions(cfg: PBTConfig) -> tuple[list, list]:
         # Another source (the paper: TriviaQA validation, §5.2 / §5.4) never fed the trees: all of it is held out.
         test = every
     else:
-        test = [q for q in every if split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) == "test"]
+        # grow takes the first grow.limit questions; with eval.held_out not-grown-or-test the rest are held out too
+        grown = {q.id for q in every[: cfg.grow.limit]} if cfg.eval.held_out == "not-grown-or-test" else None
+        test = [q for q in every if (grown is not None and q.id not in grown)
+                or split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) == "test"]
     if not test:
         raise EvalError(f"no test-split questions in {source}")
     return (test[: cfg.eval.limit] if cfg.eval.limit else test), every
@@ -69,7 +72,7 @@ def role_models(cfg: PBTConfig, endpoint_is_ours: bool) -> dict[str, str]:
 
 
 async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str], pairs: str | None,
-               progress) -> tuple[list[dict], dict[str, Any]]:
+               progress, targets_file: Path | None = None) -> tuple[list[dict], dict[str, Any]]:
     from pbt_ray.evaluation.runner import Evaluator, run_all
     from pbt_ray.serving.chat_format import chat_formats
     from pbt_ray.serving.client import ChatClient
@@ -89,28 +92,34 @@ async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str]
             results = await run_all(questions, ev.are_you_sure, on_done=lambda _: progress.update(1))
             return results, M.are_you_sure([r for r in results if "error" not in r])
         if suite == "misinformation":
-            return await _misinformation(cfg, client, ev, models, questions, progress)
+            return await _misinformation(cfg, client, ev, models, questions, progress, targets_file)
         return await _team(cfg, client, models, questions, progress)
     finally:
         await client.close()
 
 
-async def _misinformation(cfg: PBTConfig, client, ev, models: dict[str, str], questions: list, progress):
+async def _misinformation(cfg: PBTConfig, client, ev, models: dict[str, str], questions: list, progress,
+                          targets_file: Path | None = None):
     """§5.3: each question's target (docs/evaluation.md "Misinformation (Farm)"), then the persuasion
     dialogue with the appeal order rotated per item. A question without a usable target is a failed item
-    that keeps its target record, so the reason is in results.jsonl."""
-    from pbt_ray.evaluation.misinformation import build_targets, generate_target, tree_answers
+    that keeps its target record, so the reason is in results.jsonl. With ``targets_file``, targets written
+    there by an earlier evaluation are reused (an experiment's cells persuade towards the same wrong answers)."""
+    from pbt_ray.evaluation.misinformation import build_targets, generate_target, load_targets, save_targets, tree_answers
     from pbt_ray.evaluation.runner import run_all
 
-    answers = {}
-    if (cfg.run_dir / "trees").is_dir():
-        from pbt_ray.dialogue.pipeline import read_trees
+    targets = load_targets(targets_file, questions) if targets_file is not None else None
+    if targets is None:
+        answers = {}
+        if (cfg.run_dir / "trees").is_dir():
+            from pbt_ray.dialogue.pipeline import read_trees
 
-        answers = tree_answers(read_trees(cfg.run_dir), questions)
-    persuader = _persuader(cfg, models)
-    targets = await build_targets(
-        questions, answers, farm=_farm(cfg, questions), seed=cfg.grow.seed, concurrency=cfg.eval.concurrency,
-        generate=lambda q: generate_target(client, persuader, q, seed=cfg.grow.seed, send_seed=cfg.grow.seed_requests))
+            answers = tree_answers(read_trees(cfg.run_dir), questions)
+        persuader = _persuader(cfg, models)
+        targets = await build_targets(
+            questions, answers, farm=_farm(cfg, questions), seed=cfg.grow.seed, concurrency=cfg.eval.concurrency,
+            generate=lambda q: generate_target(client, persuader, q, seed=cfg.grow.seed, send_seed=cfg.grow.seed_requests))
+        if targets_file is not None:
+            save_targets(targets_file, targets)
     index = {q.id: i for i, q in enumerate(questions)}
 
     async def one(q) -> dict:
@@ -180,17 +189,19 @@ async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list,
 
 
 def evaluate(cfg: PBTConfig, suite: str, endpoint: str, *, pairs: str | None = None, endpoint_is_ours: bool = True,
-             label: str = "base", log=print, show_progress: bool = True) -> dict[str, Any]:
-    """Run ``suite`` and write ``<run dir>/eval/<label>/<suite>/`` (label: which model, e.g. base, trained)."""
+             label: str = "base", log=print, show_progress: bool = True, out_dir: Path | None = None,
+             targets_file: Path | None = None) -> dict[str, Any]:
+    """Run ``suite`` and write ``<run dir>/eval/<label>/<suite>/`` (label: which model, e.g. base, trained), or
+    ``<out_dir>/<suite>/``; ``targets_file``: misinformation targets to reuse (written when absent)."""
     from tqdm.auto import tqdm
 
     if suite not in SUITES:
         raise EvalError(f"unknown evaluation '{suite}'; one of {', '.join(SUITES)}")
     models = role_models(cfg, endpoint_is_ours)
-    out_dir = cfg.run_dir / "eval" / label / suite
+    out_dir = (Path(out_dir) if out_dir is not None else cfg.run_dir / "eval" / label) / suite
     out_dir.mkdir(parents=True, exist_ok=True)
     with tqdm(desc=f"eval {suite}", unit="item", disable=not show_progress) as bar:
-        results, numbers = asyncio.run(_run(cfg, suite, endpoint, models, pairs, bar))
+        results, numbers = asyncio.run(_run(cfg, suite, endpoint, models, pairs, bar, targets_file))
     errors = [r for r in results if "error" in r]
     # What the requests named (a role alias on our app) and which served model that is, for the report.
     served = {k: (cfg.serve.roles.get(v, v) if endpoint_is_ours else v) for k, v in models.items()}

@@ -61,3 +61,9 @@ def test_team_order_dependence_and_accuracy():
     assert out["team_accuracy"]["value"] == pytest.approx(0.625, abs=1e-4)
     assert out["order_dependence"]["value"] == pytest.approx(0.75, abs=1e-4)
     assert out["team_accuracy"]["clusters"] == 6 and out["team_accuracy"]["n"] == 12
+
+
+def test_a_clustered_rate_with_no_variation_still_gets_an_honest_interval():
+    out = I.summarize("balanced", balanced_rows([1] * 10, [0] * 10))
+    assert out["resist_accuracy"]["ci95"][0] < 0.8 and out["resist_accuracy"]["method"] == "wilson over questions"
+    assert out["accept_accuracy"]["ci95"] == proportion(0, 5)["ci95"]

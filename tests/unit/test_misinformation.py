@@ -248,3 +248,19 @@ def test_stage_reads_the_farm_file_named_in_the_config(tmp_path):
         _farm(cfg, [WHO])
     with pytest.raises(EvalError, match="no Farm file"):
         _farm(load_config("local", [f"eval.misinformation_targets={tmp_path / 'missing.json'}"]), [WHO])
+
+
+def test_targets_saved_once_are_reused_whole(tmp_path):
+    """An experiment's cells persuade towards the same wrong answers: the first evaluation writes them."""
+    from pbt_ray.evaluation.misinformation import Target, load_targets, save_targets
+    from pbt_ray.questions import Question
+
+    qs = [Question(id="q1", question="Capital of France?", answers=["Paris"]),
+          Question(id="q2", question="2+2?", answers=["4"])]
+    targets = {"q1": Target("q1", "Lyon", "generated", ("Lyon",), support=2),
+               "q2": Target("q2", None, "generated", error="no wrong answer")}
+    path = tmp_path / "targets.json"
+    assert load_targets(path, qs) is None
+    save_targets(path, targets)
+    assert load_targets(path, qs) == targets
+    assert load_targets(path, qs + [Question(id="q3", question="?", answers=["x"])]) is None  # one missing: rebuild

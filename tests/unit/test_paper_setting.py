@@ -124,6 +124,18 @@ def test_questions_from_another_split_are_all_held_out():
     assert 0 < len(test) < len(every)  # the hashed test split of the training questions
 
 
+def test_a_small_demo_evaluates_on_every_question_it_did_not_grow():
+    from pbt_ray.preferences.datasets import split_of
+
+    cfg = load_config("local", ["grow.questions=bundled:commonsense", "grow.limit=32", "eval.limit=null",
+                                "eval.held_out=not-grown-or-test"])
+    test, every = held_out_questions(cfg)
+    grown = every[:32]
+    trained_on = {q.id for q in grown if split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) != "test"}
+    assert {q.id for q in test} == {q.id for q in every} - trained_on
+    assert len(test) >= len(every) - 32  # the 68 questions no tree was grown from, and the grown test split
+
+
 def test_pbt_config_shows_the_papers_values():
     shown = yaml.safe_load(dump_config(load_config("gpu-paper")))
     assert shown["grow"]["temperature"] == 0.7 and shown["grow"]["top_p"] == 1.0 and shown["grow"]["top_k"] == 0
