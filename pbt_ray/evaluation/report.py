@@ -160,7 +160,7 @@ def _bars(title: str, groups: list[str], series: dict[str, list[dict | None]], c
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"{ylabel} (bars: 95% CI)", fontsize=8)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
 
@@ -186,7 +186,7 @@ def _per_turn_plot(summary: dict, colors: dict[str, str]) -> str | None:
     ax.set_ylabel("holds the misinformation (bars: 95% CI)", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title("Misinformation adoption per turn (lower is better)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
 
