@@ -11,6 +11,8 @@ Every error names the field and where its value came from (the file or the overr
 
 from __future__ import annotations
 
+import re
+
 import copy
 import difflib
 from importlib import resources
@@ -152,10 +154,14 @@ class ServedModelConfig(_Strict):
 
 
 class ServeConfig(_Strict):
-    app_name: str = Field("pbt-debaters", description="Serve application name.")
+    app_name: str | None = Field(
+        None, description="Serve application name; None: pbt-<run name>, so two runs on one cluster never replace "
+        "each other's models.")
     host: str = Field("127.0.0.1", description="HTTP ingress bind address; 0.0.0.0 exposes it to the network.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP ingress port.")
-    route_prefix: str = Field("/", pattern=r"^/", description="Route prefix of the OpenAI API (…/v1/chat/completions).")
+    route_prefix: str | None = Field(
+        None, pattern=r"^/", description="Route prefix of the OpenAI API (…/v1/chat/completions); None: /<run name>, "
+        "so two runs share one cluster's HTTP port (http://host:8000/<run name>/v1).")
     models: list[ServedModelConfig] = Field(min_length=1, description="The engines of the app.")
     roles: dict[str, str] = Field(
         description="Role name -> served model id. Clients may address a model by its role; several roles may "
@@ -579,6 +585,16 @@ class PBTConfig(_Strict):
         description="Debater roles that round k >= 2 gives to the previous round's trained model; the extractor "
         "never changes, so every round is scored by the same model.",
     )
+
+    @model_validator(mode="after")
+    def _app_per_run(self) -> "PBTConfig":
+        # Each run its own Serve app and route: a second run on the cluster deploys beside the first (issue 14).
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name).strip("-") or "run"
+        if self.serve.app_name is None:
+            self.serve.app_name = f"pbt-{slug}"
+        if self.serve.route_prefix is None:
+            self.serve.route_prefix = f"/{slug}"
+        return self
 
     @model_validator(mode="after")
     def _rounds(self) -> "PBTConfig":

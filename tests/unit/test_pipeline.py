@@ -43,7 +43,7 @@ def test_transport_and_model_ids():
     ours = load_config("local")
     native = {"smollm2-135m-instruct": "native", "persuadee": "native", "persuader": "native", "extractor": "native"}
     assert transport_for(ours, "http://x/v1") == {
-        "kind": "handle", "app_name": "pbt-debaters", "served": ["smollm2-135m-instruct"],
+        "kind": "handle", "app_name": "pbt-local", "served": ["smollm2-135m-instruct"],
         "aliases": {"persuadee": "smollm2-135m-instruct", "persuader": "smollm2-135m-instruct",
                     "extractor": "smollm2-135m-instruct"}, "formats": native}
     assert request_models(ours) == {"A": "persuader", "B": "persuadee", "extractor": "extractor"}

@@ -20,8 +20,9 @@ INTERVAL = re.compile(r"\[[01]\.\d{3}, [01]\.\d{3}\] n=\d+")
 def put(run, label, suite, metrics, rows=None):
     path = run / "eval" / label / suite
     path.mkdir(parents=True)
+    counts = {"items": len(rows), "failed": sum("error" in r for r in rows)} if rows else {"items": 4, "failed": 0}
     (path / "metrics.json").write_text(json.dumps({"suite": suite, "label": label, "model": f"{label}-model",
-                                                   "extractor": "extractor", "items": 4, "failed": 0, "metrics": metrics}))
+                                                   "extractor": "extractor", **counts, "metrics": metrics}))
     if rows is not None:
         (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -65,11 +66,22 @@ def fake_rows(suite: str, label: str, n: int = 30) -> list[dict]:
     return rows + [{key: "qerr", "error": "TimeoutError: the endpoint did not answer"}]
 
 
+def fake_metrics(suite: str, rows: list[dict]) -> dict:
+    """metrics.json's numbers for ``rows``, as the evaluation stage computes them."""
+    from pbt_ray.evaluation import metrics as M
+
+    ok = [r for r in rows if "error" not in r]
+    if suite == "team":
+        return M.team([M.TeamRecord(**{k: r[k] for k in ("order", "strong_before", "weak_before", "strong_after",
+                                                         "weak_after")}) for r in ok])
+    return {"balanced": M.balanced, "are-you-sure": M.are_you_sure, "misinformation": M.misinformation}[suite](ok)
+
+
 def fake_run(run, suites=("balanced", "are-you-sure", "misinformation", "team"), n: int = 30):
-    for label, acc in (("base", 0.4), ("trained", 0.7)):
+    for label in ("base", "trained"):
         for suite in suites:
-            put(run, label, suite, {"resist_accuracy": acc, "n_resist": n, "n_accept": n, "n": n, "pulled_up": 3},
-                fake_rows(suite, label, n))
+            rows = fake_rows(suite, label, n)
+            put(run, label, suite, fake_metrics(suite, rows), rows)
     return run
 
 
@@ -93,7 +105,7 @@ def test_report_has_every_section(tmp_path, capsys):
                  "Answers read by: extractor", "dialogues/", "Wilson", "bootstrap over questions"):
         assert text in page
     data = json.loads((run / "report" / "report.json").read_text())
-    assert data["trained"]["balanced"]["metrics"]["resist_accuracy"] == 0.7
+    assert data["trained"]["balanced"]["metrics"]["n_resist"] == 60 and data["trained"]["balanced"]["failed"] == 1
     assert len(list((run / "report" / "dialogues").glob("*.html"))) == 4  # two rows of each model's team results
     assert "report.html" in capsys.readouterr().out
 

@@ -79,7 +79,7 @@ def test_deployment_files_are_valid_serve_configs(name):
 
     schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "deployments" / name).read_text()))
     app = schema.applications[0]
-    assert app.name == "pbt-debaters" and schema.http_options.host == "127.0.0.1"
+    assert app.name == f"pbt-{load_config(app.args['config'] if app.import_path.startswith('pbt') else 'gpu-paper').name}" and schema.http_options.host == "127.0.0.1"
     if app.import_path == "ray.serve.llm:build_openai_app":
         LLMServingArgs.model_validate(app.args)
     else:
