@@ -123,3 +123,30 @@ def test_readiness_wait_times_out_with_a_clear_message(debater_app):
     never = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"app_name": "never-deployed"})})
     with pytest.raises(ServeError, match=r"not ready within 2 s. Last status:\nnot deployed yet\n.*serve.ready_timeout_s"):
         wait_ready(never, timeout_s=2, log=lambda _: None)
+
+
+def test_two_runs_share_one_cluster_side_by_side(debater_app):
+    """Issue 14 (7): every run deployed `pbt-debaters` on `/`, so a second run on the cluster replaced the first's
+    models mid-run. Now run `side` deploys `pbt-side` on `/side` next to the session's run (`pbt-local` on
+    `/local`), and both answer, each from its own engine."""
+    from ray import serve
+
+    from pbt_ray.serving.app import wait_ready
+
+    cfg, url = debater_app
+    side = load_config("local", ["name=side", f"serve.port={cfg.serve.port}", "serve.models.0.cpu_kv_cache_gib=1"])
+    assert (side.serve.app_name, side.serve.route_prefix) == ("pbt-side", "/side") != (cfg.serve.app_name, cfg.serve.route_prefix)
+    deploy(side, log=lambda *_: None)
+    try:
+        side_url = wait_ready(side, log=lambda *_: None)
+        assert side_url.endswith("/side/v1") and url.endswith("/local/v1")
+        apps = serve.status().applications
+        assert apps["pbt-local"].status == "RUNNING" and apps["pbt-side"].status == "RUNNING"
+        for base in (url, side_url):
+            reply = openai.OpenAI(base_url=base, api_key="none", timeout=120).chat.completions.create(
+                model="persuadee", messages=[{"role": "user", "content": "What is the capital of France?"}],
+                temperature=0, max_tokens=16)
+            assert reply.choices[0].message.content.strip()
+    finally:
+        serve.delete("pbt-side")
+    assert serve.status().applications["pbt-local"].status == "RUNNING"  # the first run's app was never touched

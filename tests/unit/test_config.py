@@ -118,3 +118,14 @@ def test_duplicate_model_ids_and_missing_roles_rejected():
 def test_cpu_models_reject_gpu_only_settings():
     with pytest.raises(ConfigError, match="need accelerator: gpu"):
         load_config("local", ["serve.models.0.tensor_parallel_size=2"])
+
+
+def test_each_run_gets_its_own_serve_app_and_route():
+    """Two runs on one cluster used to deploy the same app `pbt-debaters` on `/`, the second replacing the first."""
+    a, b = load_config("local", ["name=a"]), load_config("local", ["name=b"])
+    assert (a.serve.app_name, a.serve.route_prefix) == ("pbt-a", "/a")
+    assert (b.serve.app_name, b.serve.route_prefix) == ("pbt-b", "/b")
+    odd = load_config("local", ["name=my run 1"])
+    assert odd.serve.app_name == "pbt-my-run-1" and odd.serve.route_prefix == "/my-run-1"
+    fixed = load_config("local", ["name=a", "serve.app_name=shared", "serve.route_prefix=/"])
+    assert (fixed.serve.app_name, fixed.serve.route_prefix) == ("shared", "/")  # set explicitly: as given
