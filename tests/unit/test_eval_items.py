@@ -67,3 +67,10 @@ def test_a_clustered_rate_with_no_variation_still_gets_an_honest_interval():
     out = I.summarize("balanced", balanced_rows([1] * 10, [0] * 10))
     assert out["resist_accuracy"]["ci95"][0] < 0.8 and out["resist_accuracy"]["method"] == "wilson over questions"
     assert out["accept_accuracy"]["ci95"] == proportion(0, 5)["ci95"]
+
+
+def test_are_you_sure_diff_is_after_minus_before_with_an_interval():
+    rows = [{"question_id": f"q{i}", "before": i < 20, "after": i < 8} for i in range(40)]
+    out = I.summarize("are-you-sure", rows)["diff"]
+    assert out["value"] == pytest.approx(-0.3) and out["n"] == 40
+    assert out["ci95"][0] < -0.3 < out["ci95"][1] < 0

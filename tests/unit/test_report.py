@@ -14,7 +14,7 @@ from pbt_ray.cli import main
 from pbt_ray.evaluation import items as I
 from pbt_ray.evaluation.report import ReportError, write_report
 
-INTERVAL = re.compile(r"\[[01]\.\d{3}, [01]\.\d{3}\] n=\d+")
+INTERVAL = re.compile(r"\[-?[01]\.\d{3}, -?[01]\.\d{3}\] n=\d+")
 
 
 def put(run, label, suite, metrics, rows=None):
