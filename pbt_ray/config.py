@@ -531,6 +531,12 @@ class ExperimentConfig(_Strict):
     )
     suites: list[Literal["balanced", "are-you-sure", "misinformation", "team"]] | None = Field(
         None, description="Evaluations of every cell (None: eval.suites).")
+    test_pairs: Literal["all", "balanced"] = Field(
+        "all",
+        description="The shared balanced-persuasion test set: all, every resist and accept pair of the test split; "
+        "balanced, N of each side as the paper's test split. Resist and accept accuracy are per side and balanced "
+        "accuracy is their mean, so 'all' is unbiased and wastes none of the scarce held-out pairs.",
+    )
 
     @model_validator(mode="after")
     def _cells(self) -> "ExperimentConfig":

@@ -9,7 +9,8 @@ questions (misinformation towards the same targets). ``base`` is one cell, evalu
 
 Layout under ``<run dir>/experiment/``::
 
-    data/<condition>/pairs/{train,dev,test}.parquet   the condition's pairs (test: identical for all)
+    data/<condition>/pairs/{train,dev}.parquet        the condition's pairs (dev: identical for all)
+    data/test.parquet                                 the shared test pairs (experiment.test_pairs)
     misinformation_targets.json                       the wrong answers every cell is persuaded towards
     cells/<cell>/cell.json                            the cell's fingerprint and outcome; reused when it matches
     cells/<cell>/eval/<suite>/{results.jsonl,metrics.json}
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,20 +93,35 @@ def condition_data(cfg: PBTConfig, log=print) -> dict[str, dict[str, Any]]:
                  "available": {s: dict(c) for s, c in selection.available.items()}}
         _write(where, pairs, selection, stats)
         out[condition] = {"dir": where, **{s: len(v) for s, v in ids.items()}, "ids": ids}
+    # The shared test set: every resist and accept pair of the test split, or the balanced N + N.
+    test = select(pairs, "none" if cfg.experiment.test_pairs == "all" else "balanced", cfg.mine.seed,
+                  tuple(cfg.mine.split_fractions)).splits.get("test", [])
+    _write_pairs(experiment_dir(cfg) / "data" / "test.parquet", test)
     if out:
         tests = {c: d["ids"]["test"] for c, d in out.items()}
         assert len({tuple(v) for v in tests.values()}) == 1, f"conditions got different test pairs: {tests}"
         sides = ", ".join(f"{c} {d['train']}" for c, d in out.items())
-        log(f"[pbt] experiment data from {source}: train pairs {sides}; shared dev {next(iter(out.values()))['dev']}, "
-            f"test {next(iter(out.values()))['test']} (both sides)")
+        kinds = Counter(p.type for p in test)
+        log(f"[pbt] experiment data from {source}: train pairs {sides}; shared dev {next(iter(out.values()))['dev']}; "
+            f"shared test ({cfg.experiment.test_pairs}) {kinds.get('resist', 0)} resist + {kinds.get('accept', 0)} accept")
     return out
 
 
-def shared_test(cfg: PBTConfig, data: dict[str, dict[str, Any]]) -> Path:
-    """The test pairs every cell is evaluated on (the same file content for every condition)."""
-    if data:
-        return next(iter(data.values()))["dir"] / "pairs" / "test.parquet"
-    return cfg.run_dir / "preferences" / "pairs" / "test.parquet"  # base only: the run's own split
+def _write_pairs(path: Path, pairs: list) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pbt_ray.preferences.pairs import pair_schema, to_row
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist([to_row(p, "test") for p in pairs], schema=pair_schema()), tmp)
+    os.replace(tmp, path)
+
+
+def shared_test(cfg: PBTConfig, data: dict[str, dict[str, Any]] | None = None) -> Path:
+    """The test pairs every cell is evaluated on (experiment.test_pairs of the run's test split)."""
+    return experiment_dir(cfg) / "data" / "test.parquet"
 
 
 # ---- cells -----------------------------------------------------------------------------------------------------
@@ -158,9 +175,7 @@ def plan(cfg: PBTConfig, data: dict[str, dict[str, Any]] | None = None) -> list[
 
 
 def _test_ids(cfg: PBTConfig, data: dict[str, dict[str, Any]]) -> list[str]:
-    if data:
-        return next(iter(data.values()))["ids"]["test"]
-    path = shared_test(cfg, data)
+    path = shared_test(cfg)
     if not path.is_file():
         return []
     from pbt_ray.preferences.pairs import read_pairs

@@ -44,14 +44,13 @@ def test_experiment_two_conditions_two_seeds_end_to_end(tmp_path):
     assert {c["train"]["run_name"] for n, c in cells.items() if n != "base"}.__len__() == 4  # four trainings
     assert all(c["train"]["global_step"] == 1 for n, c in cells.items() if n != "base")
     # One shared test set holding both sides; each condition trained on its own side(s).
-    test = read_pairs(exp / "data" / "balanced" / "pairs" / "test.parquet")
+    test = read_pairs(exp / "data" / "test.parquet")  # experiment.test_pairs: all of the test split
     assert {p.type for p in test} == {"resist", "accept"}
-    assert [p.pair_id for p in read_pairs(exp / "data" / "accept-only" / "pairs" / "test.parquet")] == [p.pair_id for p in test]
     assert {p.type for p in read_pairs(exp / "data" / "accept-only" / "pairs" / "train.parquet")} == {"accept"}
     # Every cell was evaluated on the same items.
     keys = {n: sorted(json.loads(l)["pair_id"] for l in (exp / "cells" / n / "eval" / "balanced" / "results.jsonl").open())
             for n in cells}
-    assert len({tuple(v) for v in keys.values()}) == 1 and len(keys["base"]) == 8
+    assert len({tuple(v) for v in keys.values()}) == 1 and len(keys["base"]) == min(8, len(test))
     # The table: pooled over seeds with n and intervals, per-seed values, paired comparisons with base.
     table = json.loads((exp / "experiment.json").read_text())
     assert list(table["conditions"]) == ["base", "accept-only", "balanced"]

@@ -35,8 +35,14 @@ def test_cells_are_base_once_and_every_trained_condition_per_seed(run):
 def test_conditions_train_on_their_side_and_share_one_test_set_of_both_sides(run):
     data = X.condition_data(run, log=lambda *_: None)
     tests = {c: [p.pair_id for p in read_pairs(d["dir"] / "pairs" / "test.parquet")] for c, d in data.items()}
-    assert tests["resist-only"] == tests["accept-only"] == tests["balanced"]
-    assert {p.type for p in read_pairs(X.shared_test(run, data))} == {RESIST, ACCEPT}
+    assert tests["resist-only"] == tests["accept-only"] == tests["balanced"]  # the paper's balanced test split
+    shared = read_pairs(X.shared_test(run))  # what every cell is evaluated on: all of the test split's pairs
+    assert {p.type for p in shared} == {RESIST, ACCEPT} and set(tests["balanced"]) <= {p.pair_id for p in shared}
+    import pyarrow.parquet as pq
+
+    candidates = pq.read_table(run.run_dir / "preferences" / "candidates.parquet").to_pylist()
+    test_split = {r["pair_id"] for r in candidates if r["type"] in (RESIST, ACCEPT) and r["split"] == "test"}
+    assert {p.pair_id for p in shared} == test_split
     train = {c: read_pairs(d["dir"] / "pairs" / "train.parquet") for c, d in data.items()}
     n = len(train["resist-only"])
     assert n > 0 and {p.type for p in train["resist-only"]} == {RESIST} and {p.type for p in train["accept-only"]} == {ACCEPT}
