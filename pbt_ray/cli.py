@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.record import RunBusyError
     from pbt_ray.runtime import StorageError
     from pbt_ray.experiment import ExperimentError
+    from pbt_ray.storage import StoreError
 
     try:
         return _dispatch(args)
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
             TrainDataError, TrainError, ResourceError, EvalError,
             ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError, StorageError,
-            ExperimentError) as exc:
+            ExperimentError, StoreError) as exc:
         print(f"pbt: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -295,9 +296,21 @@ def _recorded(cfg, command: str, run_dir: Path | None = None):
 
     @contextlib.contextmanager
     def scope():
+        from pbt_ray.storage import RunStore
+
         with run_lock(run_dir or cfg.run_dir, command):
+            # A URI runs_dir: work on the local copy, pulled first and pushed when the command ends (and after
+            # every stage of `pbt run`), so a crash loses at most the stage in progress.
+            store = RunStore.of(cfg) if run_dir is None or Path(run_dir) == cfg.run_dir else None
+            if store is not None:
+                pulled = store.pull()
+                print(f"[pbt] run directory {store.uri}: working copy {store.local} ({pulled} file(s) pulled)")
             write_record(cfg, command, run_dir=run_dir)
-            yield
+            try:
+                yield
+            finally:
+                if store is not None:
+                    print(f"[pbt] {store.push()} file(s) pushed to {store.uri}")
 
     return scope()
 

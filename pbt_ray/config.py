@@ -564,9 +564,10 @@ class ExtractConfig(_Strict):
 class PBTConfig(_Strict):
     name: str = Field("local", description="Run name; the run directory is <runs_dir>/<name>.")
     runs_dir: str = Field(
-        "runs", description="Parent directory of run directories: a local path (or file:// URI). On a cluster of more "
-        "than one node it must be a filesystem every node mounts at the same path (NFS, a ReadWriteMany volume), "
-        "declared with shared_runs_dir: true. Object-store URIs (s3://, gs://) are not supported yet.")
+        "runs", description="Parent directory of run directories: a local path, a file:// URI, or an object-store URI "
+        "(s3://, gs://, any fsspec protocol) mirrored through a local working copy on the driver (pbt_ray/storage.py). "
+        "On a cluster of more than one node it must be a filesystem every node mounts at the same path (NFS, a "
+        "ReadWriteMany volume), declared with shared_runs_dir: true.")
     shared_runs_dir: bool = Field(
         False, description="runs_dir is mounted at the same path on every node of the cluster. Required on clusters "
         "of more than one node: growers, Train workers and trained-model replicas run on other nodes and read and "
@@ -659,9 +660,12 @@ class PBTConfig(_Strict):
         if value.startswith("file://"):
             return value[len("file://"):]
         if "://" in value:
-            raise ValueError(f"{value}: object-store run directories are not supported yet (they became a local "
-                             "folder named like the URI); use a filesystem every node mounts (runs_dir=/mnt/shared/runs "
-                             "shared_runs_dir=true) and put checkpoints in object storage with train.storage_path")
+            import fsspec
+
+            protocol = value.split("://", 1)[0]
+            if protocol not in fsspec.available_protocols():
+                raise ValueError(f"{value}: unknown storage protocol '{protocol}' (fsspec knows "
+                                 f"{', '.join(sorted(p for p in fsspec.available_protocols() if len(p) < 6)[:12])}, ...)")
         return value
 
     @field_validator("name")
@@ -673,6 +677,12 @@ class PBTConfig(_Strict):
 
     @property
     def run_dir(self) -> Path:
+        """Where the stages read and write: the run directory, or the local working copy of a URI's
+        (:mod:`pbt_ray.storage`)."""
+        if "://" in self.runs_dir:
+            from pbt_ray.storage import staging_dir
+
+            return staging_dir(self.runs_dir) / self.name
         return Path(self.runs_dir).expanduser() / self.name
 
 

@@ -252,5 +252,8 @@ def run(cfg: PBTConfig, log=print, dry_run: bool = False) -> int:
             fp = cell_fingerprint(cfg, cell, data, test_ids)
             _record_cell(cell_config(cfg, cell), {"cell": cell.name, "fingerprint": fp, "complete": False})
             _record_cell(cell_config(cfg, cell), _run_cell(cfg, cell, url, data, fp, log))
+            from pbt_ray.storage import push_run
+
+            push_run(cfg, log)
     write_experiment_report(cfg, log=log)
     return 0 if ok else 1

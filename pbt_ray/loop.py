@@ -306,9 +306,12 @@ class _Round:
         return bool(seen.get("forgotten")) or (bool(seen.get("fingerprint")) and seen["fingerprint"] != self.fingerprint(name))
 
     def done(self, name: str, complete: bool = True, info: dict | None = None) -> None:
+        from pbt_ray.storage import push_run
+
         fp = self.fingerprint(name)  # inputs as they were when the stage ran
         self.state.record(stage_named(self.stages, name), fp, self.config,
                           stage_output(self.top, self.cfg, name), complete, info)
+        push_run(self.top, self.log)  # a URI runs_dir: the finished stage leaves the node now
 
 
 def _round(top: PBTConfig, k: int, cfg: PBTConfig, states: dict[int, StageState], verdicts, question: str | None,

@@ -119,6 +119,11 @@ def check_shared_storage(cfg: PBTConfig, nodes: int | None = None) -> None:
         import ray
 
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1 and "://" in cfg.runs_dir:
+        raise StorageError(
+            f"runs_dir {cfg.runs_dir} is mirrored through a working copy on the driver, which the cluster's other "
+            f"{nodes - 1} node(s) cannot see: growers, Train workers and replicas there would miss it. Use a filesystem "
+            "every node mounts (runs_dir=/mnt/shared/runs shared_runs_dir=true); train.storage_path takes a URI")
     if nodes > 1 and not cfg.shared_runs_dir:
         raise StorageError(
             f"runs_dir {cfg.runs_dir} is local to this node and the cluster has {nodes} nodes: stages on other nodes "

@@ -98,5 +98,7 @@ def test_a_node_local_runs_dir_is_refused_on_a_multi_node_cluster(tmp_path):
         check_shared_storage(cfg, nodes=2)
     check_shared_storage(load_config("local", [f"runs_dir={tmp_path}", "shared_runs_dir=true"]), nodes=2)
     assert load_config("local", [f"runs_dir=file://{tmp_path}"]).run_dir == tmp_path / "local"
-    with pytest.raises(ConfigError, match="object-store run directories are not supported yet"):
-        load_config("local", ["runs_dir=s3://bucket/runs"])  # it became a local folder named "s3:"
+    s3 = load_config("local", ["runs_dir=s3://bucket/runs"])  # it became a local folder named "s3:"
+    assert "s3:" not in s3.run_dir.parts  # now: a working copy mirrored to the URI (tests/unit/test_storage.py)
+    with pytest.raises(ConfigError, match="unknown storage protocol"):
+        load_config("local", ["runs_dir=nosuch://bucket/runs"])
