@@ -50,8 +50,10 @@ class Cell:
 
 
 def cells(cfg: PBTConfig) -> list[Cell]:
+    """Base first, then seed by seed every trained condition: an experiment stopped early has every condition."""
     e = cfg.experiment
-    return [Cell(c, None) if c == "base" else Cell(c, s) for c in e.conditions for s in ([None] if c == "base" else e.seeds)]
+    trained = [c for c in e.conditions if c != "base"]
+    return ([Cell("base", None)] if "base" in e.conditions else []) + [Cell(c, s) for s in e.seeds for c in trained]
 
 
 def experiment_dir(cfg: PBTConfig) -> Path:

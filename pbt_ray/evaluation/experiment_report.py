@@ -152,7 +152,10 @@ def _plot(t: dict[str, Any], suite: str) -> str | None:
             seeds = [s["value"] for s in cell["per_seed"] if s.get("value") is not None]
             ax.plot([x] * len(seeds), seeds, "k.", markersize=4)
     ax.set_xticks(range(len(metrics)), [m["label"] for m in metrics], fontsize=7)
-    ax.set_ylim(0, 1.05)
+    low = min([0.0] + [c["pooled"]["ci95"][0] for e in t["conditions"].values() for k, c in e["metrics"].items()
+                       if k.startswith(f"{suite}/") and c["pooled"]["ci95"]])
+    ax.set_ylim(min(0.0, low - 0.05), 1.05)  # a difference (are-you-sure's Diff) can be negative
+    ax.axhline(0, color="k", linewidth=0.5)
     ax.set_title(f"{suite}: pooled over seeds, 95% interval; dots: each seed", fontsize=9)
     ax.legend(fontsize=7)
     return _png(fig)

@@ -4,6 +4,7 @@ trained model back in."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -66,6 +67,14 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
     for suite in ("are-you-sure", "team"):
         assert json.loads((run / "eval" / "base" / suite / "metrics.json").read_text())["items"] >= 1
     assert "data:image/png;base64," in (run / "report" / "report.html").read_text()
+    # Every headline number of the report comes with its n and, where there are items, a 95% interval.
+    report = json.loads((run / "report" / "report.json").read_text())
+    for suite in ("are-you-sure", "team"):
+        for name, estimate in report["base"][suite]["estimates"].items():
+            assert estimate["n"] >= 0 and "ci95" in estimate, (suite, name)
+            if estimate["n"] and estimate["value"] is not None:
+                assert estimate["ci95"] is not None, (suite, name)
+    assert re.search(r"\[-?[01]\.\d{3}, -?[01]\.\d{3}\][^<]*n=\d+", (run / "report" / "report.html").read_text())
 
     # A rerun skips every finished stage (no cluster, no app).
     again = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL],

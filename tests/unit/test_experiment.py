@@ -26,8 +26,8 @@ def run(tmp_path_factory):
 
 
 def test_cells_are_base_once_and_every_trained_condition_per_seed(run):
-    assert [c.name for c in X.cells(run)] == ["base", "accept-only-seed1", "accept-only-seed2", "resist-only-seed1",
-                                             "resist-only-seed2", "balanced-seed1", "balanced-seed2"]
+    assert [c.name for c in X.cells(run)] == ["base", "accept-only-seed1", "resist-only-seed1", "balanced-seed1",
+                                             "accept-only-seed2", "resist-only-seed2", "balanced-seed2"]
     cc = X.cell_config(run, X.Cell("balanced", 2))
     assert cc.train.seed == 2 and cc.run_dir == run.run_dir / "experiment" / "cells" / "balanced-seed2"
 
