@@ -206,6 +206,12 @@ def _run_cell(cfg: PBTConfig, cell: Cell, url: str, data: dict[str, dict[str, An
     from pbt_ray.training.launch import prepare, train
 
     pairs_dir = str(data[cell.condition]["dir"])
+    from pbt_ray.serving.app import deploy, wait_ready
+
+    # The previous cell's trained model leaves the app before this one trains: its engine's memory (KV cache)
+    # next to the Train workers got them OOM-killed on a 24 GB machine.
+    deploy(cfg, log=log)
+    wait_ready(cfg, log=log)
     try:
         plan_ = prepare(ccfg, pairs_dir, log=log)
     except TrainDataError as exc:  # e.g. no pair of this side: the cell is recorded as not trainable
