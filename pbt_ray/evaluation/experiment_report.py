@@ -91,7 +91,8 @@ def verdicts(t: dict[str, Any]) -> list[str]:
             apart.append(key)
         for condition, entry in conditions.items():
             vs = entry["metrics"].get(key, {}).get("vs_base")
-            if vs and vs.get("ci95") and (vs["ci95"][0] > 0 or vs["ci95"][1] < 0):
+            if (vs and vs.get("ci95") and (vs["ci95"][0] > 0 or vs["ci95"][1] < 0)
+                    and (vs.get("p_value") is None or vs["p_value"] < 0.05)):
                 lines.append(f"{condition} differs from base on {key}: {vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, "
                              f"{vs['ci95'][1]:+.3f}], p {vs['p_value'] if vs.get('p_value') is not None else 'n/a'} ({vs['test']})")
     wide = [k for k in keys if k not in apart]

@@ -95,6 +95,17 @@ def _columns(metric: Metric, rows: list[dict]) -> tuple[list[str], list[str], np
             np.array([metric.value(r) for r in kept], dtype=float), np.array([metric.group(r) for r in kept], dtype=float))
 
 
+# A bootstrap over fewer questions than this (per side, for a composite) is not an interval worth printing: with 1
+# to 4 questions it returns the observed value as its own bound, which reads as certainty.
+MIN_CLUSTERS = 5
+
+
+def _min_clusters(clusters: list[str], groups: np.ndarray, composite: bool) -> int:
+    if not composite:
+        return len(set(clusters))
+    return min((len({c for c, g in zip(clusters, groups) if g == side}) for side in (0.0, 1.0)), default=0)
+
+
 def estimate(metric: Metric, rows: list[dict], seed: int = 12) -> dict[str, Any]:
     """The metric over ``rows`` with n, clusters and a 95% interval (Wilson for independent 0/1 items, a
     bootstrap over questions otherwise)."""
@@ -103,17 +114,24 @@ def estimate(metric: Metric, rows: list[dict], seed: int = 12) -> dict[str, Any]
         out = stats.cluster_mean(values, clusters, seed=seed)
         ci, method = out["ci95"], out["method"]
         binary = bool(len(values)) and set(np.unique(values)) <= {0.0, 1.0}
-        if method == "cluster bootstrap" and binary and (ci is None or ci[0] == ci[1]):
-            # Every resample gives the same rate (all items right, say): the bootstrap cannot see its own
-            # uncertainty. Wilson over the clusters, as if each question were one item, is the cautious bound.
+        few = out["clusters"] < MIN_CLUSTERS
+        if method == "cluster bootstrap" and binary and (ci is None or ci[0] == ci[1] or few):
+            # Every resample gives the same rate (all items right, say), or too few questions to resample: the
+            # bootstrap cannot see its own uncertainty. Wilson over the clusters, as if each question were one
+            # item, is the cautious bound.
             k = out["clusters"]
             ci, method = stats.proportion(round(out["mean"] * k), k)["ci95"], "wilson over questions"
+        elif method == "cluster bootstrap" and few:
+            ci, method = None, f"no interval (fewer than {MIN_CLUSTERS} questions)"
         return {"value": out["mean"], "n": out["n"], "clusters": out["clusters"], "ci95": ci, "method": method}
     if not len(values):
         return {"value": None, "n": 0, "clusters": 0, "ci95": None, "method": None}
     point, ci = stats.cluster_bootstrap(clusters, metric.statistic, values, groups, seed=seed)
+    method = "cluster bootstrap"
+    if _min_clusters(clusters, groups, True) < MIN_CLUSTERS:
+        ci, method = None, f"no interval (fewer than {MIN_CLUSTERS} questions on a side)"
     return {"value": None if point != point else point, "n": int(len(values)), "clusters": len(set(clusters)),
-            "ci95": ci, "method": "cluster bootstrap"}
+            "ci95": ci, "method": method}
 
 
 def summarize(suite: str, rows: list[dict], seed: int = 12) -> dict[str, dict[str, Any]]:
@@ -134,10 +152,15 @@ def compare(metric: Metric, base: list[dict], other: list[dict], seed: int = 12)
         return {"n": 0, "diff": None, "ci95": None, "p_value": None, "test": None}
     b = np.array([by_key[okeys[i]] for i in idx])
     o, clusters, groups = ovalues[idx], [oclusters[i] for i in idx], ogroups[idx]
-    if metric.statistic is None:
+    composite = metric.statistic is not None
+    few = _min_clusters(clusters, groups, composite) < MIN_CLUSTERS
+    if not composite:
         single = len(set(clusters)) == len(clusters)
-        return stats.paired_difference(b, o, None if single else clusters, seed=seed)
+        out = stats.paired_difference(b, o, None if single else clusters, seed=seed)
+        if few:  # the test's p-value stands; a bootstrap over so few questions does not
+            out["ci95"] = None
+        return out
     fn = metric.statistic
     diff, ci = stats.cluster_bootstrap(clusters, lambda bb, oo, gg: fn(oo, gg) - fn(bb, gg), b, o, groups, seed=seed)
-    return {"n": len(idx), "diff": None if diff != diff else diff, "ci95": ci, "p_value": None,
+    return {"n": len(idx), "diff": None if diff != diff else diff, "ci95": None if few else ci, "p_value": None,
             "test": "paired cluster bootstrap (interval only)"}

@@ -17,12 +17,12 @@ def balanced_rows(resist, accept, per_question=2):
 
 
 def test_balanced_metrics_agree_with_the_plain_counts_and_carry_intervals():
-    rows = balanced_rows([1, 1, 0, 0, 1, 0], [1, 1, 1, 1, 0, 0]) + [{"pair_id": "x:1", "type": "resist", "error": "boom"}]
+    rows = balanced_rows([1, 1, 0, 0, 1, 0] * 2, [1, 1, 1, 1, 0, 0] * 2) + [{"pair_id": "x:1", "type": "resist", "error": "boom"}]
     out = I.summarize("balanced", rows)
     plain = M.balanced([r for r in rows if "error" not in r])
     assert out["resist_accuracy"]["value"] == pytest.approx(plain["resist_accuracy"], abs=1e-4)
     assert out["balanced_accuracy"]["value"] == pytest.approx(plain["balanced_accuracy"], abs=1e-4)
-    assert (out["resist_accuracy"]["n"], out["resist_accuracy"]["clusters"]) == (6, 3)  # two pairs per question
+    assert (out["resist_accuracy"]["n"], out["resist_accuracy"]["clusters"]) == (12, 6)  # two pairs per question
     assert out["resist_accuracy"]["method"] == "cluster bootstrap"
     low, high = out["balanced_accuracy"]["ci95"]
     assert low <= out["balanced_accuracy"]["value"] <= high
@@ -74,3 +74,18 @@ def test_are_you_sure_diff_is_after_minus_before_with_an_interval():
     out = I.summarize("are-you-sure", rows)["diff"]
     assert out["value"] == pytest.approx(-0.3) and out["n"] == 40
     assert out["ci95"][0] < -0.3 < out["ci95"][1] < 0
+
+
+def test_too_few_questions_give_no_interval_rather_than_false_certainty():
+    """One accept item and four resist items: a bootstrap returned balanced accuracy's difference as
+    [-0.5, -0.5], which read as certain. Below five questions a side there is no bootstrap interval."""
+    base = balanced_rows([0, 1, 0, 0], [1], per_question=1)
+    other = balanced_rows([0, 1, 0, 0], [0], per_question=1)
+    metric = next(m for m in I.METRICS if m.name == "balanced_accuracy")
+    assert I.estimate(metric, other)["ci95"] is None and "fewer than 5" in I.estimate(metric, other)["method"]
+    assert I.compare(metric, base, other)["ci95"] is None
+    accept = next(m for m in I.METRICS if m.name == "accept_accuracy")
+    paired = I.compare(accept, base, other)
+    assert paired["ci95"] is None and paired["p_value"] == 1.0  # McNemar on one discordant item still stands
+    clustered = I.estimate(next(m for m in I.METRICS if m.name == "resist_accuracy"), balanced_rows([1, 0, 1, 1], []))
+    assert clustered["method"] == "wilson over questions" or clustered["method"] == "wilson"
