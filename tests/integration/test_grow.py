@@ -26,8 +26,10 @@ def check_full_depth(tree, cfg):
 
 def test_grow_four_full_trees_through_ray_data(debater_app, tmp_path):
     base, url = debater_app
+    # This run's growers call the session's app through deployment handles: name it (a run's default app is
+    # pbt-<run name>, and this run is "four").
     cfg = load_config("local", [f"runs_dir={tmp_path}", "name=four", "grow.questions=bundled:trivia", "grow.limit=4",
-                                "grow.batch_size=2",
+                                "grow.batch_size=2", f"serve.app_name={base.serve.app_name}",
                                 "grow.max_growers=2", f"serve.port={base.serve.port}"])
     summary = grow_trees(cfg, url, progress=False)
     assert (summary.grown, summary.failed, summary.already_done) == (4, 0, 0)
