@@ -152,7 +152,9 @@ def _plot(t: dict[str, Any], suite: str) -> str | None:
             ax.bar(x, v, width, yerr=err, capsize=3, color=f"C{i}", label=condition if j == 0 else None)
             seeds = [s["value"] for s in cell["per_seed"] if s.get("value") is not None]
             ax.plot([x] * len(seeds), seeds, "k.", markersize=4)
-    ax.set_xticks(range(len(metrics)), [m["label"] for m in metrics], fontsize=7)
+    import textwrap
+
+    ax.set_xticks(range(len(metrics)), ["\n".join(textwrap.wrap(m["label"], 18)) for m in metrics], fontsize=7)
     low = min([0.0] + [c["pooled"]["ci95"][0] for e in t["conditions"].values() for k, c in e["metrics"].items()
                        if k.startswith(f"{suite}/") and c["pooled"]["ci95"]])
     ax.set_ylim(min(0.0, low - 0.05), 1.05)  # a difference (are-you-sure's Diff) can be negative
