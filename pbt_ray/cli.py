@@ -226,7 +226,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config" and args.list_presets:
         print("\n".join(preset_names()))
         return 0
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.command == "eval":  # its flags are config fields: validated and reported like dotted overrides
+        overrides += [f"eval.{k}={v}" for k, v in (("limit", args.limit), ("model", args.model)) if v is not None]
+    cfg = load_config(args.config, overrides)
     if args.command == "config":
         print(dump_config(cfg), end="")
         return 0
@@ -560,29 +563,36 @@ def _plan_train(args) -> int:
 def _eval(cfg, args) -> int:
     import asyncio
 
-    from pbt_ray.evaluation.stage import evaluate
+    from pbt_ray.evaluation.stage import EvalError, evaluate
     from pbt_ray.loop import debater_endpoint
     from pbt_ray.runtime import ray_cluster
     from pbt_ray.serving.client import ChatClient
 
-    updates = {k: v for k, v in (("limit", args.limit), ("model", args.model)) if v}
-    if updates:
-        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update=updates)})
-    if args.url:
-        url = args.url.rstrip("/")
-
-        async def served() -> list[str]:
+    def served(url: str) -> list[str]:
+        async def ask() -> list[str]:
             client = ChatClient(url, timeout_s=30)
             try:
                 return await client.models()
             finally:
                 await client.close()
 
-        ours = "persuadee" in asyncio.run(served())  # our app answers to role names; others to model ids
-        evaluate(cfg, args.suite, url, pairs=args.pairs, endpoint_is_ours=ours, label=args.label)
-        return 0
-    with ray_cluster(cfg), debater_endpoint(cfg) as url:
-        evaluate(cfg, args.suite, url, pairs=args.pairs, label=args.label)
+        models = asyncio.run(ask())
+        if cfg.eval.model and cfg.eval.model not in models:  # every item would fail with a 404, and exit 0
+            raise EvalError(f"--model {cfg.eval.model}: not a model of {url} (it serves {', '.join(sorted(models))})")
+        return models
+
+    if args.url:
+        url = args.url.rstrip("/")
+        ours = "persuadee" in served(url)  # our app answers to role names; others to model ids
+        summary = evaluate(cfg, args.suite, url, pairs=args.pairs, endpoint_is_ours=ours, label=args.label)
+    else:
+        with ray_cluster(cfg), debater_endpoint(cfg) as url:
+            served(url)
+            summary = evaluate(cfg, args.suite, url, pairs=args.pairs, label=args.label)
+    if summary["items"] and summary["failed"] == summary["items"]:
+        print(f"pbt: error: every one of the {summary['items']} {args.suite} items failed; the reasons are in "
+              f"{cfg.run_dir / 'eval' / args.label / args.suite / 'results.jsonl'}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -60,3 +60,59 @@ def test_every_stage_has_a_job_entrypoint(script, stage):
 
     text = (Path(__file__).resolve().parents[2] / "jobs" / f"{script}.py").read_text()
     assert f'main(["{stage}", *sys.argv[1:]])' in text and "ray job submit" in text
+
+
+def test_eval_flags_are_validated_like_dotted_overrides(capsys):
+    """`pbt eval --limit -1` evaluated all but one item and `--limit 0` was ignored: the flags bypassed the config's
+    validation. They are overrides now: one line naming the field, exit 2, before any endpoint is asked."""
+    for bad in ("-1", "0"):
+        assert main(["eval", "balanced", "--limit", bad, "--url", "http://127.0.0.1:9"]) == 2
+        err = capsys.readouterr().err
+        assert "eval.limit" in err and "greater than 0" in err and "[from override 'eval.limit=" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+
+
+@pytest.fixture
+def tiny_endpoint():
+    """A stand-in OpenAI endpoint that lists one model and answers 404 for any other (pure HTTP, no engine)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code, body):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send(200, {"object": "list", "data": [{"id": "only-model", "object": "model"}]})
+
+        def do_POST(self):
+            self._send(404, {"error": {"message": "model not found", "type": "NotFoundError", "code": 404}})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_eval_of_a_model_the_endpoint_does_not_serve_fails_up_front(tiny_endpoint, tmp_path, capsys):
+    """`pbt eval --model typo` failed every item with 404 and exited 0."""
+    code = main(["eval", "are-you-sure", f"runs_dir={tmp_path}", "--url", tiny_endpoint, "--model", "typo", "-c", "local"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--model typo: not a model of" in err and "only-model" in err and "Traceback" not in err
+    assert not (tmp_path / "local" / "eval").exists()  # nothing was evaluated or written
+
+
+def test_eval_whose_every_item_fails_exits_nonzero(tiny_endpoint, tmp_path, capsys):
+    code = main(["eval", "are-you-sure", f"runs_dir={tmp_path}", "eval.limit=2", "serve.request_timeout_s=5",
+                 "--url", tiny_endpoint, "--model", "only-model", "-c", "local"])
+    err = capsys.readouterr().err
+    assert code == 1 and "every one of the 2 are-you-sure items failed" in err and "results.jsonl" in err
