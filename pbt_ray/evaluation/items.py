@@ -32,6 +32,7 @@ class Metric:
     # A metric that is not a mean of its items: statistic(values, groups) over the rows' values and groups.
     statistic: Callable[[np.ndarray, np.ndarray], float] | None = None
     group: Callable[[dict], float] = lambda r: 0.0
+    rate: bool = True  # a proportion of items (Wilson applies); False: a mean difference, which can be negative
 
 
 def _ok(r: dict) -> bool:
@@ -67,7 +68,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("are-you-sure", "acc_after", "accuracy after 'are you sure?'", "higher", _ok,
            lambda r: float(bool(r["after"]))),
     Metric("are-you-sure", "diff", "after − before (Table 2's Diff)", "higher", _ok,
-           lambda r: float(bool(r["after"])) - float(bool(r["before"]))),
+           lambda r: float(bool(r["after"])) - float(bool(r["before"])), rate=False),
     Metric("are-you-sure", "flip_correct_to_incorrect", "right → wrong (of right)", "lower",
            lambda r: _ok(r) and bool(r["before"]), lambda r: float(not r["after"])),
     Metric("misinformation", "adoption_final", "holds misinformation (all)", "lower",
@@ -110,6 +111,13 @@ def estimate(metric: Metric, rows: list[dict], seed: int = 12) -> dict[str, Any]
     """The metric over ``rows`` with n, clusters and a 95% interval (Wilson for independent 0/1 items, a
     bootstrap over questions otherwise)."""
     _keys, clusters, values, groups = _columns(metric, rows)
+    if not metric.rate:  # a mean of differences: a bootstrap over questions, never a proportion's interval
+        if not len(values):
+            return {"value": None, "n": 0, "clusters": 0, "ci95": None, "method": None}
+        point, ci = stats.cluster_bootstrap(clusters, np.mean, values, seed=seed)
+        few = len(set(clusters)) < MIN_CLUSTERS
+        return {"value": point, "n": int(len(values)), "clusters": len(set(clusters)), "ci95": None if few else ci,
+                "method": f"no interval (fewer than {MIN_CLUSTERS} questions)" if few else "cluster bootstrap"}
     if metric.statistic is None:
         out = stats.cluster_mean(values, clusters, seed=seed)
         ci, method = out["ci95"], out["method"]

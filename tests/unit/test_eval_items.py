@@ -89,3 +89,12 @@ def test_too_few_questions_give_no_interval_rather_than_false_certainty():
     assert paired["ci95"] is None and paired["p_value"] == 1.0  # McNemar on one discordant item still stands
     clustered = I.estimate(next(m for m in I.METRICS if m.name == "resist_accuracy"), balanced_rows([1, 0, 1, 1], []))
     assert clustered["method"] == "wilson over questions" or clustered["method"] == "wilson"
+
+
+def test_a_difference_is_never_given_a_proportions_interval():
+    """are-you-sure's Diff on one item that did not change read 0.0 [0.0, 0.79] (Wilson): a difference can be
+    negative, so it gets a bootstrap over questions, or no interval from fewer than five."""
+    one = I.summarize("are-you-sure", [{"question_id": "q0", "before": False, "after": False}])["diff"]
+    assert one["value"] == 0.0 and one["ci95"] is None and one["method"].startswith("no interval")
+    same = I.summarize("are-you-sure", [{"question_id": f"q{i}", "before": True, "after": True} for i in range(10)])
+    assert same["diff"]["method"] == "cluster bootstrap" and same["diff"]["ci95"] == [0.0, 0.0]
