@@ -121,7 +121,7 @@ def _write_pairs(path: Path, pairs: list) -> None:
     os.replace(tmp, path)
 
 
-def shared_test(cfg: PBTConfig, data: dict[str, dict[str, Any]] | None = None) -> Path:
+def shared_test(cfg: PBTConfig) -> Path:
     """The test pairs every cell is evaluated on (experiment.test_pairs of the run's test split)."""
     return experiment_dir(cfg) / "data" / "test.parquet"
 
@@ -171,12 +171,12 @@ def plan(cfg: PBTConfig, data: dict[str, dict[str, Any]] | None = None) -> list[
         elif data is None:
             out.append((cell, "done" if seen.get("fingerprint") else "to run"))
         else:
-            fp = cell_fingerprint(cfg, cell, data, _test_ids(cfg, data))
+            fp = cell_fingerprint(cfg, cell, data, _test_ids(cfg))
             out.append((cell, "done" if seen.get("fingerprint") == fp else "stale"))
     return out
 
 
-def _test_ids(cfg: PBTConfig, data: dict[str, dict[str, Any]]) -> list[str]:
+def _test_ids(cfg: PBTConfig) -> list[str]:
     path = shared_test(cfg)
     if not path.is_file():
         return []
@@ -190,7 +190,7 @@ def _run_cell(cfg: PBTConfig, cell: Cell, url: str, data: dict[str, dict[str, An
     from pbt_ray.serving.trained import TRAINED_ROLE
 
     ccfg = cell_config(cfg, cell)
-    where = {"out_dir": ccfg.run_dir / "eval", "pairs": str(shared_test(cfg, data)),
+    where = {"out_dir": ccfg.run_dir / "eval", "pairs": str(shared_test(cfg)),
              "targets_file": experiment_dir(cfg) / "misinformation_targets.json"}
     for old in ("eval", "adapter", "merged", "train_metrics.json"):  # another fingerprint's results never mix in
         path = ccfg.run_dir / old
@@ -250,7 +250,7 @@ def run(cfg: PBTConfig, log=print, dry_run: bool = False) -> int:
     with ray_cluster(cfg, log=log), debater_endpoint(cfg, log=log) as url:
         ok = grow_and_mine(cfg, url, log)
         data = condition_data(cfg, log)
-        test_ids = _test_ids(cfg, data)
+        test_ids = _test_ids(cfg)
         verdicts = plan(cfg, data)
         log(format_plan(cfg, verdicts))
         for i, (cell, verdict) in enumerate(verdicts, 1):

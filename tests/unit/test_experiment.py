@@ -52,7 +52,7 @@ def test_conditions_train_on_their_side_and_share_one_test_set_of_both_sides(run
 def test_a_finished_cell_is_reused_and_a_changed_setting_makes_it_stale(run):
     data = X.condition_data(run, log=lambda *_: None)
     cell = X.Cell("balanced", 1)
-    fp = X.cell_fingerprint(run, cell, data, X._test_ids(run, data))
+    fp = X.cell_fingerprint(run, cell, data, X._test_ids(run))
     X._record_cell(X.cell_config(run, cell), {"cell": cell.name, "condition": "balanced", "seed": 1,
                                              "fingerprint": fp, "complete": True})
     verdicts = dict((c.name, v) for c, v in X.plan(run, data))
