@@ -26,8 +26,15 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. serve.port=8001")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, like every other error of `pbt` (argparse would print the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; `{self.prog} --help` lists the arguments\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pbt",
         description="Persuasion-Balanced Training on Ray: serve debaters, grow dialogue trees, mine pairs, "
         "train with DPO, evaluate.",
@@ -117,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--url", help="OpenAI-compatible endpoint [start the debater app]")
     p.add_argument("--pairs", help="balanced: held-out pairs (test.parquet or a `pbt mine` dir) [<run dir>/preferences]")
-    p.add_argument("--limit", type=int, help="items at most [eval.limit]")
+    # No type=int: the value goes through the config's validation as eval.limit=..., and fails as an override would.
+    p.add_argument("--limit", help="items at most [eval.limit]")
     p.add_argument("--label", default="base", help="name of the evaluated model in the results: <run dir>/eval/LABEL/ [base]")
     p.add_argument("--model", help="model id to evaluate [eval.model, else the persuadee role; 'trained' with --trained]")
 
@@ -149,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels [1,8,32]")
     b.add_argument("--max-tokens", type=int, default=64, help="generated tokens per request [64]")
     b.add_argument("--rounds", type=int, default=3, help="measured rounds per level; the median is reported [3]")
+    b.add_argument("--load", action="store_true",
+                   help="instead: bursts of --concurrency requests at once (try 16,64,512): answered, rejected (503 "
+                        "with Retry-After) and other errors, p50/p99 latency per level")
+    b.add_argument("--url", help="with --load: an OpenAI endpoint already running (default: deploy the config's app)")
     b.add_argument("--output", help="also write the results as JSON to this file")
     b = bench.add_parser("grow", help="tree growth vs. a flat batch of its requests vs. reference-style growth")
     _add_config_args(b)
@@ -180,7 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes the overrides as one run of positionals: `pbt run -c local --dry-run train.epochs=3` left
+    # the override after the flag "unrecognized". Any KEY=VALUE is an override, wherever it stands.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from pbt_ray.config import ConfigError
     from pbt_ray.models import ModelError
     from pbt_ray.evaluation.report import ReportError
@@ -199,21 +218,78 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.runtime import StorageError
     from pbt_ray.experiment import ExperimentError
     from pbt_ray.storage import StoreError
+    from pbt_ray.serving.auth import AuthError
+    from pbt_ray.dialogue.pipeline import GrowError
+    from pbt_ray.dialogue.tree import TreeSchemaError
+    from pbt_ray.evaluation.misinformation import FarmFormatError
+    from pbt_ray.stages import StageError
+    from pbt_ray.preferences.pairs import PairsFileError
 
     try:
         return _dispatch(args)
-    except ConfigError as exc:
-        print(f"pbt: config error: {exc}", file=sys.stderr)
-        return 2
-    except (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
-            TrainDataError, TrainError, ResourceError, EvalError,
-            ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError, StorageError,
-            ExperimentError, StoreError) as exc:
-        print(f"pbt: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("pbt: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # First: an error raised inside a Ray task arrives as RayTaskError(<its class>), an instance of that
+        # class too (a MineError in a mining task is a MineError here), and its text is the remote traceback.
+        if _from_ray(exc):
+            print(_ray_failure(exc, getattr(exc, "pbt_stage", None) or args.command), file=sys.stderr)
+            return 1
+        if isinstance(exc, ConfigError):
+            print(f"pbt: config error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (ModelError, ServeError, EndpointError, QuestionFileError, MineError,
+                            TrainDataError, TrainError, ResourceError, EvalError,
+                            ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError, StorageError,
+                            ExperimentError, StoreError, GrowError, TreeSchemaError, FarmFormatError,
+                            StageError, PairsFileError, AuthError)):
+            print(f"pbt: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        raise  # a bug, not bad input: its traceback is what a report needs
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's text on one line: one problem, one line, however its message was wrapped."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def _from_ray(exc: BaseException) -> bool:
+    """Raised by Ray (a task, an actor, Ray Data, Ray Train) rather than by pbt's own checks. By module, so that
+    telling needs no `import ray` in a command that never started it."""
+    return any(cls.__module__.split(".")[0] == "ray" for cls in type(exc).__mro__)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error under Ray's wrappers: a task error's cause, a failed Train worker's error (the lowest
+    rank), a Train controller's error, or the chained cause."""
+    seen = {id(exc)}
+    while True:
+        failures = getattr(exc, "worker_failures", None)
+        candidates = [getattr(exc, "cause", None), getattr(exc, "controller_failure", None),
+                      failures[min(failures)] if isinstance(failures, dict) and failures else None, exc.__cause__]
+        inner = next((c for c in candidates if isinstance(c, BaseException) and id(c) not in seen), None)
+        if inner is None:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _ray_failure(exc: BaseException, stage: str) -> str:
+    """One line for a failure inside Ray: the stage, the root cause's message, where Ray's logs are."""
+    import re
+
+    root = _root_cause(exc)
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(root)).splitlines() if line.strip()]
+    if type(root).__name__.startswith("RayTaskError") and lines:
+        text = lines[-1]  # no cause object came back: the remote traceback's last line is the error itself
+    else:
+        text = f"{type(root).__name__}: {lines[0]}" if lines else type(root).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    from pbt_ray.runtime import ray_logs_hint
+
+    return f"pbt: error: {stage} failed in a Ray task: {text}. {ray_logs_hint()}"
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -248,10 +324,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             cfg = with_trained_model(cfg, merged_model(args.trained))
         return _serve(cfg, args.print_serve_config, args.config, args.overrides)
     if args.command == "run":
-        from pbt_ray.loop import run
+        from pbt_ray.loop import check_run, run
 
         if args.dry_run:
             return run(cfg, args.question, from_stage=args.from_stage, from_round=args.from_round, dry_run=True)
+        check_run(cfg, args.from_stage, args.from_round)  # bad flags or a broken loop_state.json: nothing recorded
         with _recorded(cfg, "run"):
             return run(cfg, args.question, from_stage=args.from_stage, from_round=args.from_round)
     if args.command == "experiment":
@@ -269,6 +346,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "debate":
         return _debate(cfg, args.question, args.url)
     if args.command == "grow":
+        from pbt_ray.dialogue.pipeline import check_grow_inputs
+
+        check_grow_inputs(cfg)  # a bad question file or trees part fails here, before Ray and the run record
         with _recorded(cfg, "grow"):
             return _grow(cfg)
     if args.command == "view":
@@ -407,13 +487,14 @@ def _view(cfg, args) -> int:
             trees = []
             for line, item in read_reference_jsonl(path):
                 if isinstance(item, TreeSchemaError):
-                    print(f"pbt view: {path} line {line}: {item}", file=sys.stderr)
+                    print(f"pbt view: {path} {item}", file=sys.stderr)  # the error starts with "line N:"
                 else:
                     trees.append(item)
         else:
             trees = list(read_trees(path, include_failed=args.failed))
     except TreeSchemaError as exc:
-        print(f"pbt view: {path}: {exc}", file=sys.stderr)
+        where = "" if str(path) in str(exc) else f"{path}: "  # a file's own error names it already
+        print(f"pbt view: {where}{exc}", file=sys.stderr)
         return 1
     if not trees:
         print(f"pbt view: no trees in {path}" + ("" if args.failed else " (--failed shows failed ones)"), file=sys.stderr)
@@ -463,11 +544,12 @@ def _mine_into(cfg, args, kwargs) -> int:
         return 0
     from pbt_ray.dialogue.pipeline import request_models
     from pbt_ray.preferences.stance import endpoint_stance_check
+    from pbt_ray.serving.auth import client_key
     from pbt_ray.serving.chat_format import chat_formats
 
     def run_with(url: str) -> None:
         check = endpoint_stance_check(url, request_models(cfg)["extractor"], cfg.serve.request_timeout_s,
-                                      formats=chat_formats(cfg))
+                                      formats=chat_formats(cfg), api_key=client_key(cfg.serve))
         mine(cfg, stance_check=check, **kwargs)
 
     if args.url:
@@ -566,11 +648,12 @@ def _eval(cfg, args) -> int:
     from pbt_ray.evaluation.stage import EvalError, evaluate
     from pbt_ray.loop import debater_endpoint
     from pbt_ray.runtime import ray_cluster
+    from pbt_ray.serving.auth import client_key
     from pbt_ray.serving.client import ChatClient
 
     def served(url: str) -> list[str]:
         async def ask() -> list[str]:
-            client = ChatClient(url, timeout_s=30)
+            client = ChatClient(url, timeout_s=30, api_key=client_key(cfg.serve))
             try:
                 return await client.models()
             finally:
@@ -624,7 +707,12 @@ def _bench(cfg, args) -> int:
     except ValueError:
         print(f"pbt bench serve: --concurrency must be comma-separated integers, got {args.concurrency!r}", file=sys.stderr)
         return 2
-    result = run_serve_bench(cfg, levels, args.max_tokens, args.rounds)
+    if args.load:
+        from pbt_ray.serving.bench import run_load_bench
+
+        result = run_load_bench(cfg, levels, args.max_tokens, url=args.url)
+    else:
+        result = run_serve_bench(cfg, levels, args.max_tokens, args.rounds)
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -168,7 +168,30 @@ class ServeConfig(_Strict):
         "share one engine (the embedded default serves all three from one SmolLM2)."
     )
     ready_timeout_s: float = Field(900, gt=0, description="How long `pbt serve` waits for every model to be ready.")
-    request_timeout_s: float = Field(300, gt=0, description="Client timeout of one request.")
+    request_timeout_s: float = Field(
+        300, gt=0, description="Deadline of one request (HTTP and deployment-handle clients): a replica that never "
+        "answers (a wedged engine) costs one failed attempt, then the request is retried.")
+    retry_window_s: float = Field(
+        180, gt=0, description="How long a failing request keeps being retried (jittered exponential backoff, capped "
+        "at 15 s) after its first failure: size it from a replica's start time, since Serve replaces a dead replica "
+        "by loading the model again (about a minute for the embedded model on a CPU, minutes for 7-8B on a GPU).")
+    max_queued_requests: int = Field(
+        128, ge=-1, description="Requests the HTTP proxy holds once the ingress has admitted what the engines take "
+        "(the sum of max_ongoing_requests x max_replicas over the models); more are answered 503 with Retry-After "
+        "at once, so a burst never piles up without bound (-1: unbounded, Serve's default).")
+    retry_after_s: float = Field(
+        5, ge=0, description="The Retry-After (seconds) of those 503 answers; pbt's clients wait at least that long.")
+    api_key_env: str = Field(
+        "PBT_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the bearer token of the OpenAI ingress (opt-in: unset or empty "
+        "means no token). The ingress reads it where it runs (a KubeRay pod: secretKeyRef), every pbt client where "
+        "it runs; its value is never written into a config or a Serve config file.")
+    api_key_file: str | None = Field(
+        None, description="A file holding the token (a mounted Kubernetes Secret), read before api_key_env; a "
+        "configured file that is missing is an error, never 'no token'.")
+    require_api_key: bool = Field(
+        False, description="Refuse to start the ingress without a token: set it on any cluster whose ingress port "
+        "others can reach (serve.host 0.0.0.0, KubeRay).")
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
@@ -249,7 +272,9 @@ class GrowConfig(_Strict):
         "answer ends the branch (agreement). Halves the chain of dependent requests; costs wasted requests when "
         "agreement is frequent."
     )
-    retries: int = Field(3, ge=0, description="Retries of a failing request (backoff doubles from 1 s) before its tree fails.")
+    retries: int = Field(
+        100, ge=0, description="Retries of a failing request at most before its tree fails (0: none); they also stop "
+        "once serve.retry_window_s has passed since its first failure, which is the limit that usually applies.")
     batch_size: PositiveInt = Field(
         4, description="Questions per batch: one Parquet part file, one step of the progress bar. A grower runs "
         "4 batches at once, all turns sharing its in-flight bound."
@@ -701,8 +726,11 @@ def _read_source(source: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict[s
         raise ConfigError(f"{origin}: 'extends' forms a cycle: {' -> '.join(seen + (origin,))}")
     try:
         data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # its text spans lines and quotes the source; the problem and where is enough
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{origin}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of sections (serve:, ray:, ...), got {type(data).__name__}")
     parent = data.pop("extends", None)
@@ -788,7 +816,7 @@ def load_config(source: str | Path = "local", overrides: list[str] | tuple[str, 
 
 
 def _explain(exc: ValidationError, origin: str, override_keys: dict[str, str]) -> str:
-    lines = [f"Invalid configuration ({origin}):"]
+    lines = []  # one problem each, all on the one line `pbt` prints
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         # An error on a section (a cross-field check) may come from an override of one of its fields.
@@ -805,8 +833,8 @@ def _explain(exc: ValidationError, origin: str, override_keys: dict[str, str]) -
             msg = "unknown field" + (f"; did you mean '{close[0]}'?" if close else f"; known fields: {', '.join(known)}")
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
-        lines.append(f"  {loc or '<top>'}: {msg} [{source}]")
-    return "\n".join(lines)
+        lines.append(f"{loc or '<top>'}: {msg} [{source}]")
+    return f"Invalid configuration ({origin}): " + "; ".join(lines)
 
 
 def _known_fields(loc: tuple[Any, ...]) -> list[str]:
@@ -825,5 +853,21 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields) if model else []
 
 
+# Environment variables whose values are credentials (HF_TOKEN, AWS_SECRET_ACCESS_KEY, WANDB_API_KEY, ...).
+# Whole words of the name only: TOKENIZERS_PARALLELISM is not a credential.
+SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIALS?|PRIVATE_?KEY)(_|$)",
+                         re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))
+
+
 def dump_config(cfg: PBTConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML for people and run records (`pbt config`, run.yaml): credential values in
+    ``ray.env_vars`` are redacted, since both are printed and shared."""
+    data = cfg.model_dump(mode="json")
+    env = data["ray"]["env_vars"]
+    data["ray"]["env_vars"] = {k: REDACTED if is_secret_name(k) else v for k, v in env.items()}
+    return yaml.safe_dump(data, sort_keys=False)

@@ -150,7 +150,17 @@ def cell_fingerprint(cfg: PBTConfig, cell: Cell, data: dict[str, dict[str, Any]]
 
 def cell_record(cfg: PBTConfig, cell: Cell) -> dict[str, Any] | None:
     path = cell_config(cfg, cell).run_dir / CELL_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = exc
+    if not isinstance(record, dict):  # broken by hand or by a full disk: say which cell, never guess it is done
+        why = record if isinstance(record, Exception) else "not a JSON object"
+        raise ExperimentError(f"{path}: not a cell record ({why}); move {path.parent} away and `pbt experiment` "
+                              "runs that cell again")
+    return record
 
 
 def _record_cell(ccfg: PBTConfig, record: dict[str, Any]) -> None:

@@ -39,9 +39,10 @@ def debater_endpoint(cfg: PBTConfig, log=print) -> Iterator[str]:
 
 def check_endpoint(cfg: PBTConfig, url: str) -> None:
     from pbt_ray.dialogue.pipeline import request_models
+    from pbt_ray.serving.auth import client_key
     from pbt_ray.serving.client import preflight
 
-    asyncio.run(preflight(url, sorted(set(request_models(cfg).values()))))
+    asyncio.run(preflight(url, sorted(set(request_models(cfg).values())), api_key=client_key(cfg.serve)))
 
 
 def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
@@ -49,6 +50,7 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
     from pbt_ray.dialogue.growth import GrowthEngine
     from pbt_ray.dialogue.pipeline import request_models
     from pbt_ray.questions import Question, load_bundled
+    from pbt_ray.serving.auth import client_key
     from pbt_ray.serving.chat_format import chat_formats
     from pbt_ray.serving.client import ChatClient
 
@@ -59,9 +61,10 @@ def debate(cfg: PBTConfig, url: str, question: str | None = None) -> Tree:
 
     async def hold() -> Tree:
         client = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, max_retries=0,  # the engine retries
-                            formats=chat_formats(cfg))
+                            formats=chat_formats(cfg), api_key=client_key(cfg.serve))
         try:
-            (tree,) = await GrowthEngine(client, grow_cfg, request_models(cfg), cfg.extract.mode).grow([q])
+            (tree,) = await GrowthEngine(client, grow_cfg, request_models(cfg), cfg.extract.mode,
+                                         retry_window_s=cfg.serve.retry_window_s).grow([q])
             return tree
         finally:
             await client.close()
@@ -189,12 +192,7 @@ def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str 
     prints the plan and changes nothing."""
     from pbt_ray.runtime import ray_cluster
 
-    if not 1 <= from_round <= cfg.rounds:
-        raise LoopError(f"--round {from_round}: this config runs rounds 1..{cfg.rounds} (rounds={cfg.rounds})")
-    if from_stage is not None and from_stage not in [s.name for s in _stages(from_round)]:
-        raise LoopError(f"--from {from_stage}: not a stage of this round; stages are "
-                        f"{', '.join(s.name for s in _stages(from_round))}")
-    states = {k: load_state(round_dir(cfg, k)) for k in range(1, cfg.rounds + 1)}
+    states = check_run(cfg, from_stage, from_round)
     if from_stage is not None:
         if not dry_run and from_stage in FEEDS_LATER_ROUNDS:  # a new model for the next round
             retire_later_rounds(cfg, from_round, log)
@@ -235,6 +233,30 @@ def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str 
                     break
             ok = _round(cfg, k, round_config(cfg, k, previous), states, verdicts, question, log) and ok
     return 0 if ok else 1
+
+
+def check_run(cfg: PBTConfig, from_stage: str | None = None, from_round: int = 1) -> dict[int, StageState]:
+    """The flags and every round's ``loop_state.json``, checked before anything is written or started (`pbt run`
+    calls this before it records the command); returns the rounds' states. Raises :class:`LoopError`."""
+    if not 1 <= from_round <= cfg.rounds:
+        raise LoopError(f"--round {from_round}: this config runs rounds 1..{cfg.rounds} (rounds={cfg.rounds})")
+    if from_stage is not None and from_stage not in [s.name for s in _stages(from_round)]:
+        raise LoopError(f"--from {from_stage}: not a stage of this round; stages are "
+                        f"{', '.join(s.name for s in _stages(from_round))}")
+    return {k: load_state(round_dir(cfg, k)) for k in range(1, cfg.rounds + 1)}
+
+
+@contextlib.contextmanager
+def stage_scope(name: str) -> Iterator[None]:
+    """Tag an error leaving a stage with the stage's name: `pbt` names it in the one line it prints (a Ray task's
+    error says nothing of which stage ran it)."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "pbt_stage", None) is None:
+            with contextlib.suppress(AttributeError, TypeError):  # some exception types take no attributes
+                exc.pbt_stage = name
+        raise
 
 
 def trained_model(run_dir: Path, log=print) -> Path | None:
@@ -326,7 +348,8 @@ def _round(top: PBTConfig, k: int, cfg: PBTConfig, states: dict[int, StageState]
         from pbt_ray.evaluation.report import ReportError, write_report
 
         try:
-            write_report(top.run_dir, log=log)  # every round's evaluations, side by side
+            with stage_scope("report"):
+                write_report(top.run_dir, log=log)  # every round's evaluations, side by side
             r.done("report")
         except ReportError as exc:
             log(f"[pbt] report skipped: {exc}")
@@ -339,7 +362,8 @@ def _serve_stages(r: _Round, url: str, question: str | None) -> bool:
 
     ok, cfg, log = True, r.cfg, r.log
     if r.needs("debate"):
-        tree = debate(cfg, url, question)
+        with stage_scope("debate"):
+            tree = debate(cfg, url, question)
         log("\n" + render_text(tree, color=sys.stdout.isatty()))
         out = cfg.run_dir / "debate.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -349,9 +373,12 @@ def _serve_stages(r: _Round, url: str, question: str | None) -> bool:
         r.done("debate")
     ok = _grow_and_mine(r, url) and ok
     if r.needs("train"):
-        r.done("train", info=_train_stage(cfg, r.state.attempt("train"), log))
+        with stage_scope("train"):
+            info = _train_stage(cfg, r.state.attempt("train"), log)
+        r.done("train", info=info)
     if r.needs("eval"):
-        _eval_stage(r.top, r.k, cfg, url, log)
+        with stage_scope("eval"):
+            _eval_stage(r.top, r.k, cfg, url, log)
         r.done("eval")
     return ok
 
@@ -364,13 +391,15 @@ def _grow_and_mine(r: _Round, url: str) -> bool:
     if r.needs("grow"):
         if r.redo("grow"):  # grown with other settings, or asked to regrow: kept aside, never mixed with new trees
             _set_aside(cfg.run_dir, ("trees", "failed", "grow_summary.json"), log)
-        summary = grow_trees(cfg, url, log=log)
+        with stage_scope("grow"):
+            summary = grow_trees(cfg, url, log=log)
         log(format_grow_summary(summary, cfg))
         ok = summary.failed == 0
         r.done("grow", complete=summary.failed == 0,
                info={"trees": summary.grown + summary.already_done, "failed": summary.failed})
     if r.needs("mine"):
-        stats = mine_stage(cfg, url, log)
+        with stage_scope("mine"):
+            stats = mine_stage(cfg, url, log)
         r.done("mine", info={"selected": stats["selected"]})
     return ok
 
@@ -399,12 +428,13 @@ def mine_stage(cfg: PBTConfig, url: str, log=print) -> dict:
     from pbt_ray.dialogue.pipeline import request_models
     from pbt_ray.preferences.mining import mine
     from pbt_ray.preferences.stance import endpoint_stance_check
+    from pbt_ray.serving.auth import client_key
     from pbt_ray.serving.chat_format import chat_formats
 
     check = None
     if cfg.mine.stance_check:
         check = endpoint_stance_check(url, request_models(cfg)["extractor"], cfg.serve.request_timeout_s,
-                                      formats=chat_formats(cfg))
+                                      formats=chat_formats(cfg), api_key=client_key(cfg.serve))
     return mine(cfg, trees=str(cfg.run_dir), out=str(cfg.run_dir / "preferences"), stance_check=check, log=log)
 
 

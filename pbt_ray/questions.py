@@ -1,6 +1,6 @@
 """Questions: the schema, the bundled demo sets, local files and Hugging Face datasets.
 
-Schema of a question row (JSONL object or Parquet row)::
+Schema of a question row (a line of a .jsonl file, an item of a .json array, or a Parquet row)::
 
     {"id": "trivia-0001", "question": "What is the capital of France?", "answers": ["Paris"],
      "choices": null, "source": "..."}
@@ -64,19 +64,46 @@ def load_questions(spec: str, limit: int | None = None, on_bad_row: str = "skip"
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise QuestionFileError(f"Question file {path} does not exist (grow.questions={spec!r}).")
+            what = "is a directory, not a question file" if path.is_dir() else "does not exist"
+            raise QuestionFileError(f"Question file {path} {what} (grow.questions={spec!r}).")
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            rows = enumerate(pq.read_table(path).to_pylist(), start=1)
+            try:
+                table = pq.read_table(path)
+            except Exception as exc:  # noqa: BLE001 - truncated, not Parquet, unreadable: one clear error
+                raise QuestionFileError(f"{path}: not a readable Parquet file ({_first_line(exc)}); rewrite it, or "
+                                        "export the questions as .jsonl") from None
+            rows = enumerate(table.to_pylist(), start=1)
         elif path.suffix in (".jsonl", ".json"):
-            rows = _jsonl_rows(path.read_text())
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise QuestionFileError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON lines") from None
+            rows = _json_array_rows(text) if path.suffix == ".json" else None
+            rows = rows if rows is not None else _jsonl_rows(text)
         else:
             raise QuestionFileError(f"{path}: questions must be .jsonl or .parquet (see pbt_ray/questions.py for the schema)")
         loaded = _from_rows(rows, str(path), on_bad_row, limit)
     if not loaded.questions:
-        raise QuestionFileError(f"No usable questions in {spec}" + (f"; problems: {loaded.problems[:3]}" if loaded.problems else ""))
+        bad = loaded.problems
+        raise QuestionFileError(f"No usable questions in {spec}" + (
+            f": {len(bad)} bad row(s), the first: {bad[0]}" if bad else ": the file holds no rows"))
     return loaded
+
+
+def _first_line(exc: Exception) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _json_array_rows(text: str):
+    """A ``.json`` file holding one JSON array of question objects (row N is the array's Nth item); None when the
+    text is not one array, so it is read as JSON lines instead."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return enumerate(data, start=1) if isinstance(data, list) else None
 
 
 def load_bundled(name: str = "trivia") -> list[Question]:

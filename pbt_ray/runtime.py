@@ -131,11 +131,22 @@ def check_shared_storage(cfg: PBTConfig, nodes: int | None = None) -> None:
             "path and declare it: runs_dir=/mnt/shared/runs shared_runs_dir=true")
 
 
+_local_logs: str | None = None  # the temp dir of the last in-process cluster: kept when a command fails
+
+
+def ray_logs_hint() -> str:
+    """Where the logs of a failed Ray task are, for the one-line error `pbt` prints."""
+    if _local_logs:
+        return f"Ray's logs: {_local_logs}/session_latest/logs"
+    return "Ray's logs: /tmp/ray/session_latest/logs on the cluster's nodes (`ray logs cluster` lists them)"
+
+
 @contextlib.contextmanager
 def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
     """Join the configured cluster, or run an in-process one for the duration of the block."""
     import ray
 
+    global _local_logs
     if ray.is_initialized():  # a caller (a test fixture, a job) owns the connection
         check_shared_storage(cfg)
         yield
@@ -143,6 +154,7 @@ def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
     env = worker_env(cfg)
     address = cluster_address(cfg.ray)
     if address:
+        _local_logs = None
         quiet_driver_logs(cfg.ray.log_to_driver)
         env = {k: v for k, v in env.items() if k not in job_env_vars()}
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=cfg.ray.log_to_driver)
@@ -162,6 +174,7 @@ def ray_cluster(cfg: PBTConfig, log=print) -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = False
     # Unix socket paths are limited to 107 bytes, so keep the temp dir short (not under a deep $TMPDIR).
     temp_dir = tempfile.mkdtemp(prefix="pbt-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    _local_logs = temp_dir
     num_cpus = cfg.ray.num_cpus or max(local_logical_cpus(cfg), os.cpu_count() or 1)
     quiet_driver_logs(cfg.ray.log_to_driver)
     log(f"[pbt] starting an in-process Ray cluster ({num_cpus} logical CPUs, logs in {temp_dir})")

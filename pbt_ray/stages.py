@@ -129,6 +129,13 @@ class StageState:
         except (OSError, ValueError) as exc:
             raise StageError(f"{path} is not readable JSON ({exc}); move it away to start the stages over "
                              "(finished results stay where they are)") from None
+        stages = data.get("stages", {}) if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(stages, dict) or \
+                not all(isinstance(v, dict) for v in stages.values()):
+            # Valid JSON of another shape (truncated by hand, another tool's file) would fail later, deep in a stage.
+            raise StageError(f"{path} is not a loop state (expected {{\"version\": {STATE_VERSION}, \"stages\": "
+                             "{stage: {...}}}); move it away to start the stages over (finished results stay where "
+                             "they are)")
         if data.get("version") == 1:  # the list of finished stages only: every stage is stale, nothing is lost
             return cls(Path(run_dir), {name: {"fingerprint": None, "legacy": True} for name in data.get("done", {})})
         if data.get("version") != STATE_VERSION:

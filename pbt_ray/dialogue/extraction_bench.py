@@ -177,6 +177,7 @@ def format_results(results: dict[str, dict[str, Any]], gold: str, model: str) ->
 def run_extract_bench(cfg, gold: str, url: str | None, model: str | None, modes: list[str],
                       concurrency: int = 32, log=print) -> dict[str, Any]:
     """Load the gold file, reach the extractor (``url`` or the config's debater app), measure every mode."""
+    from pbt_ray.serving.auth import client_key
     from pbt_ray.serving.chat_format import chat_formats
     from pbt_ray.serving.client import ChatClient
 
@@ -184,7 +185,8 @@ def run_extract_bench(cfg, gold: str, url: str | None, model: str | None, modes:
     log(f"[pbt] {len(items)} labelled replies from {gold}; modes: {', '.join(modes)}")
 
     async def go(endpoint: str, model_id: str):
-        client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s, formats=chat_formats(cfg))
+        client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s, formats=chat_formats(cfg),
+                            api_key=client_key(cfg.serve))
         try:
             return await measure(client, model_id, items, modes, cfg.grow.extractor_max_tokens, concurrency)
         finally:
@@ -194,7 +196,7 @@ def run_extract_bench(cfg, gold: str, url: str | None, model: str | None, modes:
         from pbt_ray.serving.client import preflight
 
         model_id = model or cfg.serve.roles.get("extractor", "extractor")
-        asyncio.run(preflight(url.rstrip("/"), [model_id]))
+        asyncio.run(preflight(url.rstrip("/"), [model_id], api_key=client_key(cfg.serve)))
         results = asyncio.run(go(url.rstrip("/"), model_id))
         served = model_id
     else:

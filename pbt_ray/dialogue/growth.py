@@ -26,9 +26,9 @@ from pbt_ray.dialogue.rules import clean, families_at, messages_for, request_see
 from pbt_ray.dialogue.tree import Node, Tree, resolve_answer
 from pbt_ray.questions import Question
 from pbt_ray.serving.client import ChatResult, EndpointError
+from pbt_ray.serving.retry import RetryPolicy
 
 
-BACKOFF_S = 1.0  # first retry delay; doubles per attempt
 
 
 class ChatBackend(Protocol):
@@ -52,11 +52,14 @@ class GrowthEngine:
     """Grows trees against a chat backend. ``models`` maps "A", "B" and "extractor" to request model ids;
     ``extract_mode`` is ``extract.mode`` of the config (how answers are read, dialogue/extraction.py)."""
 
-    def __init__(self, backend: ChatBackend, cfg: GrowConfig, models: dict[str, str], extract_mode: str = "auto"):
+    def __init__(self, backend: ChatBackend, cfg: GrowConfig, models: dict[str, str], extract_mode: str = "auto",
+                 retry_window_s: float = 180.0, retry: RetryPolicy | None = None):
         missing = {"A", "B", "extractor"} - set(models)
         if missing:
             raise ValueError(f"models must name {sorted(missing)}")
         self.backend, self.cfg, self.models = backend, cfg, dict(models)
+        # serve.retry_window_s: requests wait through a replica restart (pbt_ray/serving/retry.py)
+        self.retry = retry or RetryPolicy(window_s=retry_window_s, max_retries=cfg.retries)
         self.extractor = Extractor(backend, "extractor", extract_mode, cfg.extractor_max_tokens)
         self._in_flight: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,24 +156,20 @@ class GrowthEngine:
 
     async def _request(self, state: _TreeState, who: str, messages, **params) -> ChatResult:
         model = self.models[who]
-        delay = BACKOFF_S
-        for attempt in range(self.cfg.retries + 1):
-            async with self._in_flight:
-                try:
-                    result = await self.backend.chat(model, messages, **params)
-                except EndpointError as exc:
-                    if not exc.retryable or attempt == self.cfg.retries:
-                        tries = f" after {attempt + 1} attempts" if exc.retryable else ""
-                        raise TreeFailed(f"request to '{model}' failed{tries}: {exc}") from exc
-                else:
-                    state.tree.requests += 1
-                    state.tree.generated_tokens += result.completion_tokens
-                    if who in state.tree.models and result.model:
-                        state.tree.models[who] = result.model  # record what actually answered
-                    return result
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+
+        async def once() -> ChatResult:
+            async with self._in_flight:  # a request waiting out its backoff holds no in-flight slot
+                return await self.backend.chat(model, messages, **params)
+
+        try:
+            result = await self.retry.call(once)
+        except EndpointError as exc:
+            raise TreeFailed(f"request to '{model}' failed: {exc}") from exc
+        state.tree.requests += 1
+        state.tree.generated_tokens += result.completion_tokens
+        if who in state.tree.models and result.model:
+            state.tree.models[who] = result.model  # record what actually answered
+        return result
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pbt_ray.config import PBTConfig
-from pbt_ray.dialogue.tree import Tree, from_row, to_row, tree_schema
+from pbt_ray.dialogue.tree import Tree, TreeSchemaError, from_row, to_row, tree_schema
 from pbt_ray.questions import Question, load_questions
 
 TREES_DIR, FAILED_DIR = "trees", "failed"
@@ -47,12 +47,31 @@ def _part_files(directory: Path) -> list[Path]:
 
 
 def finished_tree_ids(run_dir: Path) -> set[str]:
+    """Ids of the trees already in ``trees/``. A part file that cannot be read stops the run with its name:
+    skipping it would grow its trees again next to it, and deleting it would lose them."""
     import pyarrow.parquet as pq
 
     ids: set[str] = set()
     for part in _part_files(run_dir / TREES_DIR):
-        ids.update(pq.read_table(part, columns=["tree_id"]).column("tree_id").to_pylist())
+        try:
+            ids.update(pq.read_table(part, columns=["tree_id"]).column("tree_id").to_pylist())
+        except Exception as exc:  # noqa: BLE001 - truncated, not Parquet, no tree_id column
+            raise GrowError(f"{part}: {_unreadable(exc)}; move it out of {part.parent} and its trees are grown "
+                            "again (nothing else is touched)") from None
     return ids
+
+
+def _unreadable(exc: Exception) -> str:
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return f"not a readable trees Parquet file ({first[:200]})"
+
+
+def check_grow_inputs(cfg: PBTConfig) -> None:
+    """What `pbt grow` reads, checked before Ray starts and before the command is recorded: the question source
+    (a hub dataset is left to the grow itself, which downloads it once) and the part files a rerun resumes from."""
+    if not cfg.grow.questions.startswith("hf:"):
+        load_questions(cfg.grow.questions, cfg.grow.limit, cfg.grow.on_bad_row)
+    finished_tree_ids(cfg.run_dir)
 
 
 def part_name(trees: list[Tree]) -> str:
@@ -92,11 +111,15 @@ def read_trees(path: Path, include_failed: bool = False) -> Iterator[Tree]:
         files = _part_files(path / TREES_DIR) + (_part_files(path / FAILED_DIR) if include_failed else [])
     seen: set[str] = set()
     for part in files:  # finished trees first: a tree that also failed in an earlier attempt is read once
-        for row in pq.read_table(part).to_pylist():
-            if row["tree_id"] in seen:
+        try:
+            rows = pq.read_table(part).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: its name and what is wrong, no traceback
+            raise TreeSchemaError(f"{part}: {_unreadable(exc)}") from None
+        for row in rows:
+            if row.get("tree_id") in seen:
                 continue
-            seen.add(row["tree_id"])
-            yield from_row(row)
+            seen.add(row.get("tree_id"))
+            yield from_row(row)  # a row of another schema: TreeSchemaError naming the tree
 
 
 @contextlib.contextmanager
@@ -122,11 +145,11 @@ class TreeGrower:
     """
 
     def __init__(self, transport: dict, grow_cfg: dict, models: dict[str, str], run_dir: str, timeout_s: float,
-                 extract_mode: str = "auto"):
+                 extract_mode: str = "auto", retry_window_s: float = 180.0):
         from pbt_ray.config import GrowConfig
 
         self.transport, self.models, self.run_dir, self.timeout_s = transport, models, Path(run_dir), timeout_s
-        self.extract_mode = extract_mode
+        self.extract_mode, self.retry_window_s = extract_mode, retry_window_s
         self.cfg = GrowConfig.model_validate(grow_cfg)
         self._engine = None
 
@@ -148,7 +171,7 @@ class TreeGrower:
 
         if self._engine is None:  # created inside the actor's event loop, reused by every batch
             self._engine = GrowthEngine(make_client(self.transport, self.timeout_s), self.cfg, self.models,
-                                        self.extract_mode)
+                                        self.extract_mode, retry_window_s=self.retry_window_s)
         return self._engine
 
 
@@ -172,16 +195,23 @@ def transport_for(cfg: PBTConfig, url: str) -> dict:
     if cfg.grow.client == "handle" or (cfg.grow.client == "auto" and not cfg.grow.endpoint):
         return {"kind": "handle", "app_name": cfg.serve.app_name, "aliases": dict(cfg.serve.roles),
                 "served": [m.id for m in cfg.serve.models], "formats": formats}
-    return {"kind": "http", "url": url, "formats": formats}
+    # Where the growers find the endpoint's bearer token, not the token: transports travel in Ray task specs.
+    return {"kind": "http", "url": url, "formats": formats,
+            "api_key_env": cfg.serve.api_key_env, "api_key_file": cfg.serve.api_key_file}
 
 
 def make_client(transport: dict, timeout_s: float):
     from pbt_ray.serving.client import ChatClient, HandleChatClient
 
     if transport["kind"] == "handle":
-        return HandleChatClient(transport["app_name"], transport["aliases"], transport["served"], transport.get("formats"))
-    # The growth engine retries itself (grow.retries), so the SDK's own retries are off.
-    return ChatClient(transport["url"], timeout_s=timeout_s, max_retries=0, formats=transport.get("formats"))
+        return HandleChatClient(transport["app_name"], transport["aliases"], transport["served"], transport.get("formats"),
+                                timeout_s=timeout_s)
+    # The growth engine retries itself (grow.retries, serve.retry_window_s), so the SDK's own retries are off.
+    from pbt_ray.serving.auth import DEFAULT_API_KEY_ENV, read_token
+
+    api_key = read_token(transport.get("api_key_env", DEFAULT_API_KEY_ENV), transport.get("api_key_file"))
+    return ChatClient(transport["url"], timeout_s=timeout_s, max_retries=0, formats=transport.get("formats"),
+                      api_key=api_key)
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -261,7 +291,7 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
                 fn_constructor_kwargs={"transport": transport_for(cfg, endpoint), "grow_cfg": g.model_dump(),
                                        "models": request_models(cfg),
                                        "run_dir": str(run_dir.resolve()), "timeout_s": cfg.serve.request_timeout_s,
-                                       "extract_mode": cfg.extract.mode},
+                                       "extract_mode": cfg.extract.mode, "retry_window_s": cfg.serve.retry_window_s},
                 batch_size=g.batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(min_size=g.min_growers, max_size=g.max_growers),

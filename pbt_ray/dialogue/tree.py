@@ -159,6 +159,9 @@ def from_row(row: dict[str, Any]) -> Tree:
     """Rebuild a tree from an Arrow/pandas row; raises :class:`TreeSchemaError` on anything off."""
     tree_id = row.get("tree_id", "<unknown>")
     version = row.get("schema_version")
+    if version is None and "nodes" not in row:  # e.g. a pairs or questions file passed as trees
+        raise TreeSchemaError(f"tree {tree_id}: not a tree row (no schema_version, no nodes; has "
+                              f"{', '.join(sorted(map(str, row))[:8])}); pass trees written by `pbt grow`")
     if version not in READABLE_VERSIONS:
         raise TreeSchemaError(f"tree {tree_id}: schema_version {version!r}, this pbt-ray reads "
                               f"{', '.join(map(str, READABLE_VERSIONS))}")

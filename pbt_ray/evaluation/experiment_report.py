@@ -29,14 +29,23 @@ SUITE_ORDER = ("balanced", "are-you-sure", "misinformation", "team")
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    from pbt_ray.evaluation.report import load_jsonl
+
+    return load_jsonl(path, CELL_FIX) if path.is_file() else []
+
+
+CELL_FIX = "move the cell's directory away and `pbt experiment` runs that cell again"
 
 
 def collect(exp_dir: Path) -> list[dict[str, Any]]:
     """Every finished cell: its record and its results rows per suite."""
     out = []
     for record_path in sorted(Path(exp_dir).glob("cells/*/cell.json")):
-        record = json.loads(record_path.read_text())
+        from pbt_ray.evaluation.report import ReportError, load_json
+
+        record = load_json(record_path, CELL_FIX)
+        if not isinstance(record, dict):
+            raise ReportError(f"{record_path}: not a cell record (a JSON object); {CELL_FIX}")
         if not record.get("complete"):
             continue
         evals = record_path.parent / "eval"

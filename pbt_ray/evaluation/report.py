@@ -61,13 +61,40 @@ class ReportError(ValueError):
     pass
 
 
+RERUN_EVAL = "rerun the evaluation that wrote it (`pbt eval SUITE`, `pbt run --from eval`) or move it away"
+
+
+def load_json(path: Path, fix: str = RERUN_EVAL) -> Any:
+    """A JSON file the report reads; a truncated or hand-broken one is a ReportError naming it, not a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: not readable JSON ({exc}); {fix}") from None
+
+
+def load_jsonl(path: Path, fix: str = RERUN_EVAL) -> list[Any]:
+    """The rows of a JSON-lines file; a broken line is a ReportError naming the file and the line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: not readable ({exc}); {fix}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ReportError(f"{path} line {number}: not JSON ({exc.msg}); {fix}") from None
+    return rows
+
+
 def collect(run_dir: Path) -> dict[str, dict[str, dict]]:
     """{label: {suite: metrics.json content}} for every evaluation of the run."""
     root = Path(run_dir) / "eval"
     found: dict[str, dict[str, dict]] = {}
     for path in sorted(root.glob("*/*/metrics.json")):
         label, suite = path.parent.parent.name, path.parent.name
-        found.setdefault(label, {})[suite] = json.loads(path.read_text())
+        found.setdefault(label, {})[suite] = load_json(path)
     if not found:
         raise ReportError(f"no evaluation results under {root}; run `pbt eval <suite>` (or `pbt run`) first")
     return found
@@ -78,7 +105,7 @@ def read_rows(run_dir: Path, label: str, suite: str) -> list[dict] | None:
     path = Path(run_dir) / "eval" / label / suite / "results.jsonl"
     if not path.is_file():
         return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return load_jsonl(path)
 
 
 def adoption_per_turn(rows: list[dict]) -> list[dict[str, Any]]:
@@ -234,8 +261,7 @@ def _examples(run_dir: Path, limit: int = 2) -> list[tuple[str, str]]:
 
     out = []
     for path in sorted(Path(run_dir).glob("eval/*/team/results.jsonl")):
-        for line in path.read_text().splitlines()[:limit]:
-            row = json.loads(line)
+        for row in load_jsonl(path)[:limit]:
             if "turns" not in row:
                 continue
             tree = Tree(tree_id=f"{path.parent.parent.name}:{row['question_id']}:{row['order']}",
@@ -282,8 +308,8 @@ def reading_stats(run_dir: Path, label: str, suite: str) -> dict[str, Any] | Non
     outcomes: dict[str, int] = {}
     read_by: dict[str, int] = {}
     per_item: list[tuple[int, int]] = []  # (NONE, readings) of each item: an item's replies are not independent
-    for line in path.read_text().splitlines():
-        readings = [r for r in _readings_of(json.loads(line)) if r.get("outcome") is not None]
+    for row in load_jsonl(path):
+        readings = [r for r in _readings_of(row) if r.get("outcome") is not None]
         for reading in readings:
             outcomes[reading["outcome"]] = outcomes.get(reading["outcome"], 0) + 1
             step = reading.get("read_by") or "unknown"

@@ -74,10 +74,17 @@ def role_models(cfg: PBTConfig, endpoint_is_ours: bool) -> dict[str, str]:
 async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str], pairs: str | None,
                progress, targets_file: Path | None = None) -> tuple[list[dict], dict[str, Any]]:
     from pbt_ray.evaluation.runner import Evaluator, run_all
+    from pbt_ray.serving.auth import client_key
     from pbt_ray.serving.chat_format import chat_formats
     from pbt_ray.serving.client import ChatClient
 
-    client = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s, formats=chat_formats(cfg))
+    from pbt_ray.serving.retry import RetryingClient, RetryPolicy
+
+    # Every request of every suite waits through a replica restart (serve.retry_window_s), so an evaluation
+    # survives a dead replica instead of recording its items as failed; the SDK's own retries are off.
+    raw = ChatClient(endpoint, timeout_s=cfg.serve.request_timeout_s, formats=chat_formats(cfg),
+                     api_key=client_key(cfg.serve), max_retries=0)
+    client = RetryingClient(raw, RetryPolicy(window_s=cfg.serve.retry_window_s))
     try:
         ev = Evaluator(client, models["model"], models["extractor"], cfg.eval.max_tokens, cfg.eval.concurrency,
                        extract_mode=cfg.extract.mode, balanced_temperature=cfg.eval.balanced_temperature)
@@ -95,7 +102,7 @@ async def _run(cfg: PBTConfig, suite: str, endpoint: str, models: dict[str, str]
             return await _misinformation(cfg, client, ev, models, questions, progress, targets_file)
         return await _team(cfg, client, models, questions, progress)
     finally:
-        await client.close()
+        await raw.close()
 
 
 async def _misinformation(cfg: PBTConfig, client, ev, models: dict[str, str], questions: list, progress,
@@ -166,6 +173,7 @@ def _persuader(cfg: PBTConfig, models: dict[str, str]) -> str:
 async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list, progress):
     """§5.4: both models discuss each question in evaluation mode, once with each speaking first."""
     from pbt_ray.dialogue.growth import GrowthEngine
+    from pbt_ray.serving.retry import RetryPolicy
 
     grow = GrowConfig(mode="eval", depth=cfg.debate.turns, max_tokens=cfg.eval.max_tokens, seed=cfg.grow.seed,
                       independent_first=cfg.grow.independent_first, max_in_flight=cfg.eval.concurrency)
@@ -173,7 +181,7 @@ async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list,
     records, results = [], []
     for order, (a, b) in (("strong_first", ("strong", "weak")), ("weak_first", ("weak", "strong"))):
         engine = GrowthEngine(client, grow, {"A": models[a], "B": models[b], "extractor": models["extractor"]},
-                              cfg.extract.mode)
+                              cfg.extract.mode, retry=RetryPolicy(max_retries=0))  # the client retries already
         trees = await engine.grow(questions)
         for tree in trees:
             progress.update(1)

@@ -179,6 +179,9 @@ def mine(cfg: PBTConfig, *, trees: str | None = None, out: str | None = None, us
     log(f"[pbt] mining {len(files)} tree file(s) from {trees_path} (rule: {mcfg.rule})")
     summary = mine_files(files, mcfg, use_ray=use_ray)
     broken = [d for d in summary.drops if d["reason"] == "broken_tree"]
+    if broken and len(broken) >= summary.trees:  # nothing readable: empty pair files would replace the last good ones
+        raise MineError(f"none of the {summary.trees} tree(s) in {trees_path} could be read, the first: "
+                        f"{broken[0]['tree_id']}: {broken[0]['detail']}; {out_dir} is left as it was")
     if broken and mcfg.on_broken_tree == "fail":
         raise MineError(f"{len(broken)} broken tree(s), first: {broken[0]['tree_id']}: {broken[0]['detail']} "
                         "(mine.on_broken_tree=skip reports and skips them)")

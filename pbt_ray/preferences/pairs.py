@@ -136,7 +136,29 @@ def write_pairs(pairs: list[Pair], path, splits: dict[str, str] | None = None) -
     pq.write_table(pa.Table.from_pylist(rows, schema=pair_schema()), path)
 
 
+class PairsFileError(ValueError):
+    """A pairs file that cannot be read as pairs; the message names the file (and the row) and what to do."""
+
+
 def read_pairs(path) -> list[Pair]:
     import pyarrow.parquet as pq
 
-    return [from_row(r) for r in pq.read_table(path).to_pylist()]
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - truncated, not Parquet, unreadable: one clear error
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise PairsFileError(f"{path}: not a readable Parquet file ({first[:200]}); mine it again with `pbt mine`") from None
+    required = [f.name for f in dataclasses.fields(Pair)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if rows and name not in rows[0]]
+    if missing:
+        raise PairsFileError(f"{path}: not pairs written by `pbt mine` (no column {', '.join(missing[:6])}"
+                             f"{' ...' if len(missing) > 6 else ''}); mine the trees again with `pbt mine`")
+    pairs = []
+    for number, row in enumerate(rows):
+        try:
+            pairs.append(from_row(row))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PairsFileError(f"{path} row {number}: not a pair written by `pbt mine` ({type(exc).__name__}: {exc}; "
+                                 f"columns: {', '.join(sorted(row)[:8])})") from None
+    return pairs

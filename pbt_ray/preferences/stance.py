@@ -90,13 +90,13 @@ def endpoint_classifier(client, model: str, max_tokens: int = 3) -> Callable[[st
 
 
 def endpoint_stance_check(url: str, model: str, timeout_s: float = 300.0, concurrency: int = 64,
-                          formats: dict[str, str] | None = None):
+                          formats: dict[str, str] | None = None, api_key: str | None = None):
     """``mine(stance_check=...)`` against an OpenAI-compatible endpoint; the client lives in the check's loop.
     ``formats``: :func:`pbt_ray.serving.chat_format.chat_formats` (the prompt opens with a system message)."""
     async def run(pairs: list[Pair]):
         from pbt_ray.serving.client import ChatClient
 
-        client = ChatClient(url, timeout_s=timeout_s, formats=formats)
+        client = ChatClient(url, timeout_s=timeout_s, formats=formats, api_key=api_key)
         try:
             return await check_stances(pairs, endpoint_classifier(client, model), concurrency)
         finally:

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any
 
-from pbt_ray.config import PBTConfig, ServedModelConfig, ServeConfig, load_config
+from pbt_ray.config import PBTConfig, ServedModelConfig, ServeConfig, is_secret_name, load_config
 from pbt_ray.models import resolve_model_source
 from pbt_ray.runtime import CPU_ENGINE_ENV, quiet_driver_logs, worker_env
 
@@ -78,9 +78,12 @@ def llm_config_dict(model: ServedModelConfig, source: str, env: dict[str, str]) 
 def serving_args(cfg: PBTConfig, resolve: bool = True) -> dict[str, Any]:
     """``LLMServingArgs`` for ``build_openai_app``: one LLMConfig per model, plus the role-alias ingress.
 
-    ``resolve=False`` keeps sources as written (for config files that are resolved where they run).
+    ``resolve=False`` keeps sources as written (for config files that are resolved where they run); such a
+    file never carries a credential from ``ray.env_vars``: the cluster's pods hold those (a Secret).
     """
     env = worker_env(cfg)
+    if not resolve:
+        env = {k: v for k, v in env.items() if not is_secret_name(k)}
     llm_configs = [
         llm_config_dict(m, resolve_model_source(m.source, m.dtype) if resolve else m.source, env)
         for m in cfg.serve.models
@@ -88,8 +91,22 @@ def serving_args(cfg: PBTConfig, resolve: bool = True) -> dict[str, Any]:
     aliases = {role: target for role, target in cfg.serve.roles.items() if role != target}
     return {
         "llm_configs": llm_configs,
-        "ingress_cls_config": {"ingress_cls": INGRESS_CLS, "ingress_extra_kwargs": {"model_aliases": aliases}},
+        "ingress_deployment_config": ingress_admission(cfg.serve),
+        # Where the ingress finds its token, never the token itself: this dict is written into Serve config files.
+        "ingress_cls_config": {"ingress_cls": INGRESS_CLS, "ingress_extra_kwargs": {
+            "model_aliases": aliases, "api_key_env": cfg.serve.api_key_env, "api_key_file": cfg.serve.api_key_file,
+            "require_api_key": cfg.serve.require_api_key}},
     }
+
+
+def ingress_admission(serve_cfg: ServeConfig) -> dict[str, Any]:
+    """The ingress admits what the engines can hold at their autoscaling peak, and the proxy queues at most
+    ``serve.max_queued_requests`` more; beyond that Serve answers 503 with Retry-After instead of queueing
+    without bound (issue 16.4). Admission control at the ingress, not the engines: a request rejected there
+    has cost nothing, and the rejection reaches the client as an HTTP status (Serve's backpressure)."""
+    admitted = sum(m.max_ongoing_requests * m.max_replicas for m in serve_cfg.models)
+    return {"max_ongoing_requests": admitted, "max_queued_requests": serve_cfg.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": serve_cfg.retry_after_s}}
 
 
 def build_app(args: dict[str, Any]):
@@ -118,7 +135,9 @@ def serve_config_file(source: str, overrides: list[str] | tuple[str, ...] = ()) 
     cfg = load_config(source, list(overrides))
     app: dict[str, Any] = {"name": cfg.serve.app_name, "route_prefix": cfg.serve.route_prefix}
     if all_sources_local(cfg):
-        app.update(import_path="pbt_ray.serving.app:build_app", args={"config": str(source), "overrides": list(overrides)})
+        # An override that sets a credential (ray.env_vars.HF_TOKEN=...) stays out of the file, like the env below.
+        kept = [o for o in overrides if not is_secret_name(o.split("=", 1)[0].rsplit(".", 1)[-1])]
+        app.update(import_path="pbt_ray.serving.app:build_app", args={"config": str(source), "overrides": kept})
     else:
         app.update(import_path="ray.serve.llm:build_openai_app", args=serving_args(cfg, resolve=False))
     return {
@@ -243,6 +262,8 @@ def wait_ready(cfg: PBTConfig, timeout_s: float | None = None, log=print) -> str
     import httpx
     from ray import serve
 
+    from pbt_ray.serving.auth import auth_headers
+
     timeout_s = cfg.serve.ready_timeout_s if timeout_s is None else timeout_s
     url = base_url(cfg.serve)
     wanted = {m.id for m in cfg.serve.models} | set(cfg.serve.roles)
@@ -256,7 +277,7 @@ def wait_ready(cfg: PBTConfig, timeout_s: float | None = None, log=print) -> str
                 raise ServeError(f"Serve app '{cfg.serve.app_name}' failed to deploy:\n{status_text}")
             if app.status == "RUNNING":
                 try:
-                    listed = {m["id"] for m in httpx.get(f"{url}/models", timeout=10).json()["data"]}
+                    listed = {m["id"] for m in httpx.get(f"{url}/models", timeout=10, headers=auth_headers(cfg.serve)).json()["data"]}
                     if wanted <= listed:
                         log(f"[pbt] debater app ready at {url} after {time.monotonic() - start:.0f} s")
                         return url

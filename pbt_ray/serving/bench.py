@@ -53,7 +53,9 @@ async def _serve_round(client, model: str, concurrency: int, max_tokens: int) ->
 async def measure_serve(url: str, model: str, levels: list[int], max_tokens: int, rounds: int, log=print) -> list[Measurement]:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=url, api_key="bench", timeout=600, max_retries=0)
+    from pbt_ray.serving.auth import client_key
+
+    client = openai.AsyncOpenAI(base_url=url, api_key=client_key(), timeout=600, max_retries=0)
     results = []
     try:
         for c in levels:
@@ -64,6 +66,110 @@ async def measure_serve(url: str, model: str, levels: list[int], max_tokens: int
     finally:
         await client.close()
     return results
+
+
+# ---- load: latency and errors per concurrency level (issue 16.4) ------------------------------------
+
+
+@dataclass
+class LoadLevel:
+    concurrency: int
+    requests: int
+    ok: int
+    rejected: int  # 503 from Serve's bounded queue
+    rejected_with_retry_after: int
+    errors: dict[str, int]  # anything else, by status or exception
+    p50_s: float | None  # latency of the answered requests
+    p99_s: float | None
+    seconds: float
+
+    def line(self) -> str:
+        lat = (f"p50 {self.p50_s:6.2f} s  p99 {self.p99_s:6.2f} s" if self.p50_s is not None else "no answers")
+        return (f"[bench] load c={self.concurrency:<4d} {self.ok}/{self.requests} answered, {self.rejected} rejected "
+                f"(503, {self.rejected_with_retry_after} with Retry-After), {sum(self.errors.values())} other errors "
+                f"{dict(self.errors) or ''}; {lat}")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def measure_load(url: str, model: str, levels: list[int], max_tokens: int = 8, api_key: str | None = None,
+                       log=print) -> list[LoadLevel]:
+    """For each level ``c``, ``c`` requests at once (one burst, no retries) against the OpenAI endpoint: how many
+    were answered, rejected with 503 (and whether with Retry-After), failed otherwise, and the p50 / p99 latency
+    of the answered ones. Plain HTTP, so a rejection is seen as the status the server sent."""
+    import httpx
+
+    from pbt_ray.serving.auth import NO_KEY, client_key
+
+    key = api_key or client_key()
+    headers = {} if key == NO_KEY else {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=max(levels) + 8, max_keepalive_connections=max(levels) + 8)
+    results = []
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, limits=limits, timeout=600) as http:
+        for c in levels:
+            async def one(messages) -> tuple[str, float, bool]:
+                start = time.perf_counter()
+                try:
+                    r = await http.post("/chat/completions", json={
+                        "model": model, "messages": messages, "temperature": 0.0, "max_tokens": max_tokens})
+                except httpx.HTTPError as exc:
+                    return type(exc).__name__, time.perf_counter() - start, False
+                return str(r.status_code), time.perf_counter() - start, "retry-after" in r.headers
+
+            start = time.perf_counter()
+            outcomes = await asyncio.gather(*(one(m) for m in bench_prompts(c)))
+            seconds = time.perf_counter() - start
+            answered = [t for status, t, _ in outcomes if status == "200"]
+            errors: dict[str, int] = {}
+            for status, _, _ in outcomes:
+                if status not in ("200", "503"):
+                    errors[status] = errors.get(status, 0) + 1
+            level = LoadLevel(c, c, len(answered), sum(s == "503" for s, _, _ in outcomes),
+                              sum(s == "503" and ra for s, _, ra in outcomes), errors,
+                              _percentile(answered, 0.5), _percentile(answered, 0.99), seconds)
+            log(level.line())
+            results.append(level)
+    return results
+
+
+def load_report(levels: list[LoadLevel]) -> str:
+    rows = ["concurrency | answered | rejected 503 (Retry-After) | other errors | p50 s | p99 s",
+            "----------- | -------- | -------------------------- | ------------ | ----- | -----"]
+    for lv in levels:
+        p50 = f"{lv.p50_s:.2f}" if lv.p50_s is not None else "-"
+        p99 = f"{lv.p99_s:.2f}" if lv.p99_s is not None else "-"
+        rows.append(f"{lv.concurrency:>11d} | {lv.ok:>8d} | {lv.rejected:>15d} ({lv.rejected_with_retry_after}) | "
+                    f"{sum(lv.errors.values()):>12d} | {p50:>5} | {p99:>5}")
+    return "\n".join(rows)
+
+
+def run_load_bench(cfg: PBTConfig, levels: list[int], max_tokens: int, url: str | None = None,
+                   model_role: str = "persuader", log=print) -> dict:
+    """`pbt bench serve --load`: latency and errors per concurrency level, against ``url`` or a fresh app."""
+    from pbt_ray.serving.app import ingress_admission
+    from pbt_ray.serving.auth import client_key
+
+    model = model_role if url else cfg.serve.roles[model_role]
+    if url:
+        results = asyncio.run(measure_load(url, model, levels, max_tokens, client_key(cfg.serve), log=log))
+    else:
+        from pbt_ray.runtime import ray_cluster
+        from pbt_ray.serving.app import deploy, wait_ready
+
+        with ray_cluster(cfg, log=log):
+            deploy(cfg, log=log)
+            url = wait_ready(cfg, log=log)
+            results = asyncio.run(measure_load(url, model, levels, max_tokens, client_key(cfg.serve), log=log))
+    admission = ingress_admission(cfg.serve)
+    log(f"\nLoad on {url} ({model}, {max_tokens} tokens per request; the ingress admits "
+        f"{admission['max_ongoing_requests']} and queues {admission['max_queued_requests']} more):\n{load_report(results)}")
+    return {"url": url, "model": model, "max_tokens": max_tokens, "admission": admission,
+            "levels": [asdict(lv) for lv in results]}
 
 
 def measure_offline(model: ServedModelConfig, source: str, levels: list[int], max_tokens: int, rounds: int) -> list[Measurement]:

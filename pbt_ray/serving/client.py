@@ -18,9 +18,10 @@ from pbt_ray.serving.chat_format import conform, format_for
 class EndpointError(RuntimeError):
     """The endpoint is unreachable or rejected a request; the message says which and why."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, retry_after_s: float | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s  # the server's Retry-After (a 503 from Serve's bounded queue)
 
     @property
     def retryable(self) -> bool:
@@ -41,10 +42,14 @@ class ChatClient:
     """``formats`` (model id or role -> ``native`` | ``fold_system``, :func:`pbt_ray.serving.chat_format.chat_formats`)
     says how each model's chat template wants the messages; a model it does not name gets them as built."""
 
-    def __init__(self, base_url: str, timeout_s: float = 300.0, max_retries: int = 2, api_key: str = "not-needed",
+    def __init__(self, base_url: str, timeout_s: float = 300.0, max_retries: int = 2, api_key: str | None = None,
                  formats: dict[str, str] | None = None):
+        from pbt_ray.serving.auth import client_key
+
         self.base_url = base_url.rstrip("/")
         self.formats = dict(formats or {})
+        self.timeout_s = timeout_s
+        api_key = api_key or client_key()  # None: $PBT_API_KEY, or no token
         # The SDK retries connection errors, 408/409/429 and 5xx with exponential backoff.
         self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
 
@@ -68,7 +73,8 @@ class ChatClient:
                 extra_body=extra or None,
             )
         except openai.APITimeoutError as exc:
-            raise EndpointError(f"{self.base_url} did not answer a request to '{model}' in time") from exc
+            raise EndpointError(f"{self.base_url} did not answer a request to '{model}' within {self.timeout_s:g} s "
+                                "(serve.request_timeout_s)") from exc
         except openai.APIConnectionError as exc:
             raise EndpointError(
                 f"Cannot reach the OpenAI endpoint at {self.base_url} ({exc.__class__.__name__}). "
@@ -76,8 +82,9 @@ class ChatClient:
             ) from exc
         except openai.APIStatusError as exc:
             raise EndpointError(
-                f"{self.base_url} rejected a request to '{model}' (HTTP {exc.status_code}): {_message(exc)}",
-                status=exc.status_code,
+                f"{self.base_url} rejected a request to '{model}' (HTTP {exc.status_code}): {_message(exc)}"
+                + (_UNAUTHORIZED_HINT if exc.status_code == 401 else ""),
+                status=exc.status_code, retry_after_s=_retry_after(exc),
             ) from exc
         choice = response.choices[0]
         usage = response.usage
@@ -98,10 +105,22 @@ class ChatClient:
                 "Is the debater app running (`pbt serve`) and is the URL right?"
             ) from exc
         except openai.APIStatusError as exc:
-            raise EndpointError(f"{self.base_url}/models answered HTTP {exc.status_code}", status=exc.status_code) from exc
+            raise EndpointError(f"{self.base_url}/models answered HTTP {exc.status_code}"
+                                + (_UNAUTHORIZED_HINT if exc.status_code == 401 else ""), status=exc.status_code) from exc
 
     async def close(self) -> None:
         await self._client.close()
+
+
+_UNAUTHORIZED_HINT = (" — the endpoint wants a bearer token: export it as $PBT_API_KEY (or the config's "
+                      "serve.api_key_env / serve.api_key_file) where pbt runs")
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    try:
+        return float(exc.response.headers.get("retry-after"))
+    except (TypeError, ValueError, AttributeError):  # absent, or an HTTP date (Serve sends seconds)
+        return None
 
 
 def _message(exc: openai.APIStatusError) -> str:
@@ -111,9 +130,9 @@ def _message(exc: openai.APIStatusError) -> str:
     return (text or str(exc)).split(" (Request ID")[0][:500]
 
 
-async def preflight(base_url: str, needed: list[str], timeout_s: float = 10.0) -> None:
+async def preflight(base_url: str, needed: list[str], timeout_s: float = 10.0, api_key: str | None = None) -> None:
     """Fail fast, before any work starts, if the endpoint is unreachable or lacks a model the run needs."""
-    client = ChatClient(base_url, timeout_s=timeout_s, max_retries=0)
+    client = ChatClient(base_url, timeout_s=timeout_s, max_retries=0, api_key=api_key)
     try:
         served = await client.models()
     finally:
@@ -134,8 +153,10 @@ class HandleChatClient:
     than HTTP. Role aliases are resolved here, as the ingress would; ``formats`` as in :class:`ChatClient`.
     """
 
-    def __init__(self, app_name: str, aliases: dict[str, str], served: list[str], formats: dict[str, str] | None = None):
+    def __init__(self, app_name: str, aliases: dict[str, str], served: list[str], formats: dict[str, str] | None = None,
+                 timeout_s: float | None = 300.0):
         self.app_name, self.aliases, self.served = app_name, dict(aliases), set(served)
+        self.timeout_s = timeout_s  # a handle call has no deadline of its own: a wedged replica would hold it forever
         self.formats = dict(formats or {})
         self.base_url = f"serve://{app_name}"
         self._handles: dict[str, Any] = {}
@@ -160,11 +181,17 @@ class HandleChatClient:
                                             max_tokens=max_tokens, seed=seed, **(extra or {}))
         except ValueError as exc:  # pydantic validation: the request itself is bad
             raise EndpointError(f"invalid request to '{model}': {exc}", status=400) from exc
-        try:
-            response = None
+        async def first_response():
             async for item in self._handle(target).chat.remote(request, None):
-                response = item
-                break
+                return item
+            return None
+
+        from pbt_ray.serving.retry import with_deadline
+
+        try:
+            response = await with_deadline(first_response(), self.timeout_s, f"Serve app '{self.app_name}' ('{model}')")
+        except EndpointError:
+            raise
         except Exception as exc:  # the replica died, the app was deleted, ...: worth a retry
             raise EndpointError(f"Serve app '{self.app_name}' failed a request to '{model}': {exc!r}"[:600]) from exc
         if isinstance(response, ErrorResponse):

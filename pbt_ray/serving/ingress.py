@@ -16,6 +16,8 @@ from typing import Any
 
 from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
 
+from pbt_ray.serving.auth import DEFAULT_API_KEY_ENV, AuthError, BearerAuth, read_token
+
 
 def resolve_alias(model: str | None, aliases: dict[str, str]) -> str | None:
     """Map a role alias (or ``alias:adapter`` for LoRA) to the served model id; other names pass through."""
@@ -28,12 +30,37 @@ def resolve_alias(model: str | None, aliases: dict[str, str]) -> str | None:
 
 
 class RoleAliasIngress(OpenAiIngress):
-    def __init__(self, llm_deployments, model_cards, *, model_aliases: dict[str, str] | None = None, **kwargs: Any):
+    """``api_key_env`` / ``api_key_file`` / ``require_api_key``: where this replica finds its bearer token
+    (:mod:`pbt_ray.serving.auth`); with one, every HTTP request must carry it."""
+
+    def __init__(self, llm_deployments, model_cards, *, model_aliases: dict[str, str] | None = None,
+                 api_key_env: str | None = DEFAULT_API_KEY_ENV, api_key_file: str | None = None,
+                 require_api_key: bool = False, **kwargs: Any):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self._aliases = dict(model_aliases or {})
         unknown = {alias: target for alias, target in self._aliases.items() if target not in model_cards}
         if unknown:
             raise ValueError(f"model_aliases point at models this app does not serve: {unknown}; served: {sorted(model_cards)}")
+        self._token = read_token(api_key_env, api_key_file)
+        if self._token is None and require_api_key:
+            raise AuthError(f"serve.require_api_key is set but this ingress found no token (${api_key_env} is unset"
+                            f"{'' if not api_key_file else f' and {api_key_file} is absent'}): set it on every node "
+                            "(KubeRay: a secretKeyRef env var), or unset serve.require_api_key")
+        if self._token is not None and not any("_set_asgi_app" in vars(k) for k in type(self).__mro__[1:]
+                                               if k is not RoleAliasIngress):
+            # The token is installed through Serve's ASGI wrapper (below); a Ray that renamed that hook would
+            # leave the endpoint open while the user believes it is protected. Refuse instead.
+            raise AuthError("this Ray version's Serve ingress has no _set_asgi_app hook: the bearer token cannot be "
+                            "enforced. Pin ray to the version in requirements/, or unset the token")
+
+    def _set_asgi_app(self, app) -> None:
+        """Serve's ``ASGIAppReplicaWrapper`` hands the replica its FastAPI app here (Ray 2.60, after our
+        ``__init__``): wrap it so the token is checked before any route, including ones Ray adds later."""
+        if getattr(self, "_token", None):
+            app = BearerAuth(app, self._token)
+        setter = getattr(super(), "_set_asgi_app", None)
+        if setter is not None:
+            setter(app)
 
     async def _get_response(self, *, body, call_method, raw_request=None):
         target = resolve_alias(body.model, self._aliases)

@@ -39,7 +39,16 @@ def debater_app():
         yield cfg, url
 
 
+# The longest integration test (the main job end to end, or an experiment on two nodes) takes about 10 minutes on
+# 2 cores, and the first test that uses the session app also waits for its engine: 25 minutes means hung.
+INTEGRATION_TIMEOUT_S = 1500
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that need no session debater app run first: the app's idle vLLM-CPU engine keeps polling and
-    would take CPU from training runs and from tests that start their own clusters (2 cores in CI)."""
+    would take CPU from training runs and from tests that start their own clusters (2 cores in CI). Every
+    integration test gets a deadline (pytest-timeout) unless it sets its own."""
     items.sort(key=lambda item: "debater_app" in getattr(item, "fixturenames", ()))
+    for item in items:
+        if item.get_closest_marker("integration") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(INTEGRATION_TIMEOUT_S))

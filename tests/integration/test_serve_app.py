@@ -9,7 +9,7 @@ import pytest
 from pbt_ray.config import load_config
 from pbt_ray.models import ModelError
 from pbt_ray.serving.app import ServeError, check_port_free, deploy
-from pbt_ray.serving.client import ChatClient
+from pbt_ray.serving.client import ChatClient, EndpointError
 
 pytestmark = pytest.mark.integration
 
@@ -125,28 +125,85 @@ def test_readiness_wait_times_out_with_a_clear_message(debater_app):
         wait_ready(never, timeout_s=2, log=lambda _: None)
 
 
-def test_two_runs_share_one_cluster_side_by_side(debater_app):
+def test_two_runs_share_one_cluster_side_by_side(debater_app, tmp_path):
     """Issue 14 (7): every run deployed `pbt-debaters` on `/`, so a second run on the cluster replaced the first's
     models mid-run. Now run `side` deploys `pbt-side` on `/side` next to the session's run (`pbt-local` on
-    `/local`), and both answer, each from its own engine."""
+    `/local`), and both answer, each from its own engine.
+
+    Issue 16 (5), on the same second app (one engine start for both): `side` requires a bearer token, read by its
+    ingress replica from a mounted-secret file; requests without it or with a wrong one get 401, pbt's own
+    clients (the readiness wait, ChatClient) send it, Serve's health probe still answers, and the session's app
+    (no token) is unaffected."""
+    import asyncio
+
     from ray import serve
 
     from pbt_ray.serving.app import wait_ready
+    from pbt_ray.serving.auth import client_key
 
     cfg, url = debater_app
-    side = load_config("local", ["name=side", f"serve.port={cfg.serve.port}", "serve.models.0.cpu_kv_cache_gib=1"])
+    secret = tmp_path / "pbt-api-key"
+    secret.write_text("side-s3cret\n")
+    side = load_config("local", ["name=side", f"serve.port={cfg.serve.port}", "serve.models.0.cpu_kv_cache_gib=1",
+                                 f"serve.api_key_file={secret}", "serve.require_api_key=true"])
     assert (side.serve.app_name, side.serve.route_prefix) == ("pbt-side", "/side") != (cfg.serve.app_name, cfg.serve.route_prefix)
     deploy(side, log=lambda *_: None)
     try:
-        side_url = wait_ready(side, log=lambda *_: None)
+        side_url = wait_ready(side, log=lambda *_: None)  # its /models call sends the token
         assert side_url.endswith("/side/v1") and url.endswith("/local/v1")
         apps = serve.status().applications
         assert apps["pbt-local"].status == "RUNNING" and apps["pbt-side"].status == "RUNNING"
-        for base in (url, side_url):
-            reply = openai.OpenAI(base_url=base, api_key="none", timeout=120).chat.completions.create(
-                model="persuadee", messages=[{"role": "user", "content": "What is the capital of France?"}],
-                temperature=0, max_tokens=16)
+        ask = {"model": "persuadee", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+               "temperature": 0, "max_tokens": 16}
+        for base, key in ((url, "none"), (side_url, client_key(side.serve))):
+            reply = openai.OpenAI(base_url=base, api_key=key, timeout=120).chat.completions.create(**ask)
             assert reply.choices[0].message.content.strip()
+        # Without the token, or with a wrong one: 401 before any route, an OpenAI-style error, nothing generated.
+        for headers in ({}, {"Authorization": "Bearer side-s3cre"}, {"Authorization": "Bearer none"}):
+            for method, path, body in (("POST", "/chat/completions", ask), ("GET", "/models", None)):
+                denied = httpx.request(method, f"{side_url}{path}", json=body, headers=headers, timeout=60)
+                assert denied.status_code == 401, (path, headers, denied.text)
+                assert denied.headers["www-authenticate"].startswith("Bearer") and denied.json()["error"]["code"] == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=side_url, api_key="none", timeout=60).models.list()
+        # pbt's client says what to do about it.
+        with pytest.raises(EndpointError, match=r"HTTP 401.*wants a bearer token: export it as \$PBT_API_KEY"):
+            asyncio.run(ChatClient(side_url, max_retries=0, api_key="wrong").chat("persuadee", ask["messages"]))
+        # KubeRay's probes hit the proxy, not the ingress: they keep working with a token set.
+        assert httpx.get(f"http://127.0.0.1:{cfg.serve.port}/-/healthz", timeout=30).status_code == 200
     finally:
         serve.delete("pbt-side")
     assert serve.status().applications["pbt-local"].status == "RUNNING"  # the first run's app was never touched
+
+
+# Listeners that Ray 2.60 opens on every interface whatever we configure, named so that any other one fails the
+# test: each Serve replica's inter-deployment gRPC server binds "[::]:0" (ray/serve/_private/replica.py,
+# ReplicaBase._on_initialized; no setting changes it). docs/reliability.md "Access" says how to firewall it.
+UPSTREAM_WILDCARD_LISTENERS = ("ray::ServeReplica:",)
+
+
+def test_every_listening_socket_of_the_local_stack_is_on_loopback(debater_app):
+    """Issue 16 (5): the in-process cluster (GCS, raylet, agents, workers), Serve's proxy and the ingress listen
+    on loopback only, so nobody else on the network reaches them."""
+    import os
+
+    import psutil
+
+    me = psutil.Process(os.getpid())
+    listening: dict[tuple[str, int], str] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            name = proc.name()
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    listening[(conn.laddr.ip, conn.laddr.port)] = name
+        except psutil.Error:  # a worker that exited meanwhile
+            continue
+    names = set(listening.values())
+    assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), names  # the stack is all here
+    cfg, _ = debater_app
+    assert ("127.0.0.1", cfg.serve.port) in listening  # Serve's HTTP proxy
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+    exposed = {addr: name for addr, name in listening.items()
+               if addr[0] not in loopback and not name.startswith(UPSTREAM_WILDCARD_LISTENERS)}
+    assert not exposed, f"listening beyond loopback: {exposed}"

@@ -141,6 +141,46 @@ def test_killed_run_resumes_at_its_checkpoint_with_the_same_data_order(zero2_run
         assert resumed["train"] == expected[step:]  # the same batches, continuing where the checkpoint left off
 
 
+def test_a_killed_train_worker_is_restarted_from_the_checkpoint_by_the_same_driver(zero2_run, pairs_dir, tmp_path):
+    """Issue 16.2: with the driver alive, one Ray Train worker SIGKILLed mid-DPO (train.max_failures=1): Ray Train
+    restarts the worker group from the latest checkpoint, and the same `pbt train` finishes with the same final
+    step and the same data order as an uninterrupted run; the samples log shows the resumed segment."""
+    import psutil
+
+    reference_cfg, _ = zero2_run
+    reference = [read_segments(reference_cfg.run_dir / "train" / "samples" / f"rank-{r}.jsonl") for r in (0, 1)]
+    overrides = [f"runs_dir={tmp_path}", "name=worker-killed", *BASE, "train.max_failures=1"]
+    cfg = load_config("local", overrides)
+    command = [sys.executable, "-m", "pbt_ray", "train", "-c", "local", "--pairs", str(pairs_dir), "--record-samples",
+               *overrides]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    storage = cfg.run_dir / "checkpoints"
+    try:
+        deadline = time.monotonic() + 600
+        while not list(storage.glob("dpo-*/checkpoint_*/checkpoint/trainer_state.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "pbt train exited before its first checkpoint"
+            time.sleep(0.5)
+        time.sleep(1.0)  # let the checkpoint finish uploading
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name().startswith("ray::RayTrainWorker")]
+        assert len(workers) == 2, [p.name() for p in workers]
+        os.kill(workers[-1].pid, signal.SIGKILL)  # one worker; the driver and the cluster live on
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 0, output[-4000:]
+    assert json.loads((cfg.run_dir / "train_metrics.json").read_text())["global_step"] == STEPS
+    assert (cfg.run_dir / "adapter" / "adapter_config.json").is_file()
+    for rank in (0, 1):
+        expected = reference[rank][0]["train"]
+        first, restarted = read_segments(cfg.run_dir / "train" / "samples" / f"rank-{rank}.jsonl")
+        assert first["from"] == 0 and first["train"] == expected[: len(first["train"])]
+        step = restarted["from"]
+        assert 2 <= step < STEPS and step % 2 == 0  # from a checkpoint, not from scratch
+        assert restarted["train"] == expected[step:]
+
+
 def test_an_identical_rerun_resumes_and_a_forced_one_trains_from_step_0(zero2_run, pairs_dir):
     """Last in this file: it adds a run to zero2_run's samples, which the resume test reads as its reference.
     Issue 14.1: the run name carries the fingerprint of what is trained. The same pairs and settings find the

@@ -99,7 +99,7 @@ def test_cluster_yaml_head_runs_no_ray_work():
     start = " ".join(config["head_start_ray_commands"])
     assert "ray start --head" in start and "--num-cpus=0" in start
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in start
-    assert any(c.startswith("ray start --address=$RAY_HEAD_IP:6379") for c in config["worker_start_ray_commands"])
+    assert any("ray start --address=$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"])
 
 
 def test_cluster_yaml_gpu_node_types():
@@ -541,3 +541,35 @@ def test_pbt_endpoint_serves_lora_adapters_on_the_trained_base():
     # ray.serve.llm's own validation is live: a bad path is refused.
     with pytest.raises(ValueError, match="dynamic_lora_loading_path"):
         LLMConfig.model_validate({**raw, "lora_config": {"dynamic_lora_loading_path": "/local/adapters"}})
+
+
+# ---- access (issue 16.5): nobody who merely reaches a port can run code or spend the GPUs ----------------
+
+
+def test_cluster_yaml_turns_ray_token_auth_on_and_keeps_the_dashboard_on_loopback():
+    config = cluster()
+    head, workers = " ".join(config["head_start_ray_commands"]), config["worker_start_ray_commands"]
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head  # reached through `ray dashboard` (SSH)
+    for command in [c for c in config["head_start_ray_commands"] + workers if "ray start" in c]:
+        assert command.startswith("RAY_AUTH_MODE=token "), command
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}  # the same token on every node
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifests_turn_ray_token_auth_on_and_give_every_pod_the_ingress_token(name):
+    m = manifest(name)
+    spec = cluster_spec(m)
+    assert spec["authOptions"] == {"mode": "token"}
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            (key,) = [e for e in container.get("env", []) if e["name"] == "PBT_API_KEY"]
+            ref = key["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == ("pbt-api-key", "token")
+            # A served endpoint never starts open; a job's own app turns auth on when the Secret exists.
+            assert ref.get("optional", False) is (not name.startswith("rayservice"))
+    if name.startswith("rayservice"):
+        for app in serve_config(m).applications:
+            extra = app.args["ingress_cls_config"]["ingress_extra_kwargs"]
+            assert app.args["ingress_cls_config"]["ingress_cls"] == "pbt_ray.serving.ingress:RoleAliasIngress"
+            assert extra["api_key_env"] == "PBT_API_KEY" and "token" not in str(extra).replace("api_key", "")

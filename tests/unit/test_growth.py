@@ -1,6 +1,7 @@
 """The growth engine on a scripted backend: exact shapes, roles, families, pruning, modes, failures."""
 
 import asyncio
+import functools
 import random
 import re
 
@@ -216,7 +217,7 @@ def test_all_open_turns_are_in_flight_and_bounded():
 
 
 def test_a_failing_request_fails_only_its_tree(monkeypatch):
-    monkeypatch.setattr(growth, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(growth, "RetryPolicy", functools.partial(growth.RetryPolicy, base_s=0.0))
     bad = Question(id="bad", question="What is too long?", answers=["x"])
 
     def fail(model, messages):
@@ -230,7 +231,7 @@ def test_a_failing_request_fails_only_its_tree(monkeypatch):
 
 
 def test_transient_errors_are_retried_then_fail_the_tree(monkeypatch):
-    monkeypatch.setattr(growth, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(growth, "RetryPolicy", functools.partial(growth.RetryPolicy, base_s=0.0))
     attempts = {"n": 0}
 
     def flaky(model, messages):
@@ -242,7 +243,7 @@ def test_transient_errors_are_retried_then_fail_the_tree(monkeypatch):
     assert tree.status == "complete" and attempts["n"] == 2
 
     (tree,) = grow(Scripted(stubborn, fail=lambda m, _: EndpointError("unreachable") if m == "model-b" else None), retries=2)
-    assert tree.status == "failed" and "after 3 attempts" in tree.error
+    assert tree.status == "failed" and "gave up after 3 attempts" in tree.error
     assert tree.nodes and all(n.speaker == "A" for n in tree.nodes)  # what was produced is kept
 
 

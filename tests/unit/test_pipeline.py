@@ -49,7 +49,8 @@ def test_transport_and_model_ids():
     assert request_models(ours) == {"A": "persuader", "B": "persuadee", "extractor": "extractor"}
     external = load_config("local", ["grow.endpoint=http://other:9000/v1"])
     assert transport_for(external, "http://other:9000/v1") == {"kind": "http", "url": "http://other:9000/v1",
-                                                               "formats": native}
+                                                               "formats": native, "api_key_env": "PBT_API_KEY",
+                                                               "api_key_file": None}
     assert request_models(external) == {"A": "smollm2-135m-instruct", "B": "smollm2-135m-instruct",
                                         "extractor": "smollm2-135m-instruct"}
     assert transport_for(load_config("local", ["grow.client=http"]), "u")["kind"] == "http"

@@ -42,7 +42,8 @@ def test_gpu_llm_configs_are_valid_and_gpu_shaped():
         "ingress_cls": INGRESS_CLS,
         "ingress_extra_kwargs": {"model_aliases": {"persuader": "llama-3.1-8b-instruct",
                                                    "persuadee": "mistral-7b-instruct-v0.2",
-                                                   "extractor": "mistral-7b-instruct-v0.2"}},
+                                                   "extractor": "mistral-7b-instruct-v0.2"},
+                                 "api_key_env": "PBT_API_KEY", "api_key_file": None, "require_api_key": False},
     }
 
 
@@ -101,3 +102,18 @@ def test_busy_port_is_reported_with_a_fix():
 def test_base_url():
     cfg = load_config("local", ["serve.host=0.0.0.0", "serve.port=8100", "serve.route_prefix=/pbt"])
     assert base_url(cfg.serve) == "http://127.0.0.1:8100/pbt/v1"
+
+
+def test_the_ingress_admits_what_the_engines_hold_and_bounds_the_queue():
+    """Issue 16.4: beyond the engines' peak (max_ongoing_requests x max_replicas, summed) the proxy queues at most
+    serve.max_queued_requests, then answers 503 with Retry-After."""
+    cfg = load_config("gpu-paper", ["serve.max_queued_requests=32", "serve.retry_after_s=7"])
+    admission = serving_args(cfg, resolve=False)["ingress_deployment_config"]
+    assert admission == {"max_ongoing_requests": sum(m.max_ongoing_requests * m.max_replicas for m in cfg.serve.models),
+                         "max_queued_requests": 32, "backpressure_config": {"status_code": 503, "retry_after_s": 7}}
+    LLMServingArgs.model_validate(serving_args(cfg, resolve=False))  # Ray accepts it
+    endpoint = yaml.safe_load(yaml.safe_load((ROOT / "deployments" / "kuberay" / "rayservice-pbt-endpoint.yaml").read_text())
+                              ["spec"]["serveConfigV2"])["applications"][0]["args"]
+    (llm,) = endpoint["llm_configs"]
+    peak = llm["deployment_config"]["max_ongoing_requests"] * llm["deployment_config"]["autoscaling_config"]["max_replicas"]
+    assert endpoint["ingress_deployment_config"]["max_ongoing_requests"] == peak
