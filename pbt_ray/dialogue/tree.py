@@ -15,8 +15,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: nodes record which step of the answer instrument read them (``read_by``)
-READABLE_VERSIONS = (1, 2)  # version-1 trees load with ``read_by`` None
+# 2: nodes record which step of the answer instrument read them (``read_by``).
+# 3: choices / models / roles are lists of {key, value} instead of Arrow maps, which `datasets` cannot load.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # version-1 trees load with ``read_by`` None; 1-2 keep their Arrow maps
 
 SPEAKERS = ("A", "B")
 ROLES = ("persuader", "persuadee", "independent")
@@ -133,14 +135,17 @@ def tree_schema():
         ("answer", pa.string()), ("correct", pa.bool_()), ("agree", pa.bool_()),
         ("finish_reason", pa.string()), ("completion_tokens", pa.int32()), ("read_by", pa.string()),
     ])
+    # A string -> string mapping as a list of {key, value}: an Arrow map would be one type less, but
+    # `datasets.load_dataset("parquet")` cannot load map columns (issue 17), and trees should load anywhere.
+    mapping = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
     return pa.schema([
         ("schema_version", pa.int32()),
         ("tree_id", pa.string()), ("question_id", pa.string()), ("question", pa.string()),
         ("gold", pa.list_(pa.string())),
-        ("choices", pa.map_(pa.string(), pa.string())),
+        ("choices", mapping),
         ("source", pa.string()), ("mode", pa.string()),
-        ("models", pa.map_(pa.string(), pa.string())),
-        ("roles", pa.map_(pa.string(), pa.string())),
+        ("models", mapping),
+        ("roles", mapping),
         ("seed", pa.int64()),
         ("nodes", pa.list_(node)),
         ("status", pa.string()), ("error", pa.string()),
@@ -150,9 +155,20 @@ def tree_schema():
 
 def to_row(tree: Tree) -> dict[str, Any]:
     row = dataclasses.asdict(tree)
-    for key in ("choices", "models", "roles"):  # Arrow maps are lists of pairs
-        row[key] = None if row[key] is None else list(row[key].items())
+    for key in MAPPINGS:
+        row[key] = None if row[key] is None else [{"key": k, "value": v} for k, v in row[key].items()]
     return row
+
+
+MAPPINGS = ("choices", "models", "roles")
+
+
+def _mapping(value) -> dict[str, str] | None:
+    """A mapping column as written by any schema version: {key, value} records (3), the (key, value) pairs of an
+    Arrow map (1-2), or already a dict."""
+    if value is None or isinstance(value, dict):
+        return value
+    return dict((item["key"], item["value"]) if isinstance(item, dict) else tuple(item) for item in value)
 
 
 def from_row(row: dict[str, Any]) -> Tree:
@@ -167,9 +183,8 @@ def from_row(row: dict[str, Any]) -> Tree:
                               f"{', '.join(map(str, READABLE_VERSIONS))}")
     try:
         data = {f.name: row[f.name] for f in dataclasses.fields(Tree) if f.name in row}
-        for key in ("choices", "models", "roles"):
-            value = data.get(key)
-            data[key] = None if value is None else dict(value)
+        for key in MAPPINGS:
+            data[key] = _mapping(data.get(key))
         data["gold"] = list(data["gold"])
         data["nodes"] = [Node(**dict(n)) for n in (row.get("nodes") if row.get("nodes") is not None else [])]
         tree = Tree(**data)

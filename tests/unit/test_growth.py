@@ -341,3 +341,45 @@ def test_every_request_carries_the_papers_sampling_fields():
     backend = Scripted(stubborn)
     grow(backend, top_p=0.9, top_k=40, min_tokens=0)
     assert {(c[4]["top_p"], c[4]["top_k"], c[4]["min_tokens"]) for c in backend.calls if c[0] != "extractor"} == {(0.9, 40, 0)}
+
+
+def test_trees_and_pairs_load_with_datasets_and_old_map_trees_still_read(tmp_path):
+    """Issue 17: `datasets.load_dataset("parquet")` could not load trees (Arrow map columns); schema 3 writes
+    mappings as {key, value} lists. Trees of schema 2, with their maps, still read."""
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    from pbt_ray.dialogue.pipeline import read_trees, write_trees
+    from pbt_ray.preferences.pairs import write_pairs
+    from pbt_ray.preferences.canonical import mine_tree
+    from tests.unit.pbt_fixtures import fixture_tree
+
+    mc = Question(id="mc", question="Pick B", answers=["B"], choices={"A": "x", "B": "y"})
+    trees = grow(Scripted(stubborn), questions=[Q, mc])
+    write_trees(trees, tmp_path)
+    loaded = load_dataset("parquet", data_dir=str(tmp_path / "trees"), split="train")
+    assert sorted(loaded["tree_id"]) == sorted(t.tree_id for t in trees)
+    row = loaded.filter(lambda r: r["question_id"] == "mc")[0]
+    assert {c["key"]: c["value"] for c in row["choices"]} == {"A": "x", "B": "y"} and len(row["nodes"]) > 1
+    (tmp_path / "pairs").mkdir()
+    write_pairs(mine_tree(fixture_tree("F1")).pairs, tmp_path / "pairs" / "train.parquet")
+    pairs = load_dataset("parquet", data_files=str(tmp_path / "pairs" / "train.parquet"), split="train")
+    assert len(pairs) > 0 and {"chosen", "rejected"} <= set(pairs.column_names)
+
+    # A schema-2 file: the same trees with Arrow maps, as pbt-ray wrote them before.
+    old_schema = tree_schema()
+    for name in ("choices", "models", "roles"):
+        old_schema = old_schema.set(old_schema.get_field_index(name), pa.field(name, pa.map_(pa.string(), pa.string())))
+    old_rows = []
+    for t in trees:
+        r = to_row(t)
+        r["schema_version"] = 2
+        for name in ("choices", "models", "roles"):
+            r[name] = None if r[name] is None else [(kv["key"], kv["value"]) for kv in r[name]]
+        old_rows.append(r)
+    old_dir = tmp_path / "old"
+    (old_dir / "trees").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(old_rows, schema=old_schema), old_dir / "trees" / "part-old.parquet")
+    again = {t.tree_id: t for t in read_trees(old_dir)}
+    assert {t.tree_id: (t.choices, t.models, t.roles) for t in again.values()} == \
+        {t.tree_id: (t.choices, t.models, t.roles) for t in trees}
