@@ -26,11 +26,14 @@ from pbt_ray.evaluation.stage import evaluate
 pytestmark = pytest.mark.integration
 
 
+ENGINE = "smollm2-135m-instruct"  # the session app's engine (a trained model may have been added next to it)
+
+
 def _replica(app_name: str) -> psutil.Process:
     """The engine replica actor's process (its vLLM engine core is a child)."""
     me = psutil.Process(os.getpid())
     found = [p for p in me.children(recursive=True)
-             if p.name().startswith(f"ray::ServeReplica:{app_name}:LLMServer")]
+             if p.name().startswith(f"ray::ServeReplica:{app_name}:LLMServer:{ENGINE}")]
     assert len(found) == 1, [p.name() for p in found]
     return found[0]
 
@@ -132,7 +135,10 @@ def test_a_wedged_engine_fails_requests_at_their_deadline_and_a_rerun_redoes_the
     print(f"[faults] wedged engine: {len(failed)} trees and {len(results)} items recorded as failed after {waited:.0f} s")
 
     _wait_healthy(app)
-    rerun = grow_trees(cfg, url, log=lambda *_: None, progress=False)  # the engine is back: exactly the failed ones
+    # The engine is back (or being replaced, if the pause broke it): a rerun with the defaults redoes exactly the
+    # failed trees and items.
+    patient = _run_config(base, tmp_path, "wedged", ["grow.limit=2", "eval.limit=2"])
+    rerun = grow_trees(patient, url, log=lambda *_: None, progress=False)
     assert (rerun.grown, rerun.failed, rerun.already_done) == (2, 0, 0)
-    again = evaluate(cfg, "are-you-sure", url, show_progress=False, log=lambda *_: None)
+    again = evaluate(patient, "are-you-sure", url, show_progress=False, log=lambda *_: None)
     assert again["failed"] == 0
