@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
 
 from pbt_ray.serving.auth import DEFAULT_API_KEY_ENV, AuthError, BearerAuth, read_token
@@ -38,6 +39,7 @@ class RoleAliasIngress(OpenAiIngress):
                  require_api_key: bool = False, **kwargs: Any):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self._aliases = dict(model_aliases or {})
+        self._known_adapters: set[str] = set()
         unknown = {alias: target for alias, target in self._aliases.items() if target not in model_cards}
         if unknown:
             raise ValueError(f"model_aliases point at models this app does not serve: {unknown}; served: {sorted(model_cards)}")
@@ -64,10 +66,29 @@ class RoleAliasIngress(OpenAiIngress):
 
     async def _get_response(self, *, body, call_method, raw_request=None):
         target = resolve_alias(body.model, self._aliases)
+        await self._check_adapter(body.model, target)
         if target != body.model:
             body = body.model_copy(update={"model": target})
         async for response in super()._get_response(body=body, call_method=call_method, raw_request=raw_request):
             yield response
+
+    async def _check_adapter(self, requested: str | None, target: str | None) -> None:
+        """``<model>:<adapter>`` names a LoRA adapter. Ray sends it to the engine as it is, and an engine without
+        LoRA, or an adapter that does not exist, fails there with a 500 (issue 16.6): answer 404 here instead,
+        naming what exists. An adapter found once is remembered, so its metadata is not fetched per request."""
+        base, sep, adapter = (target or "").partition(":")
+        if not sep or base not in self._model_cards or target in self._known_adapters:
+            return
+        path = self._lora_paths.get(base)
+        if path is None:
+            raise OpenAIHTTPException(status_code=404, type="InvalidModel", message=(
+                f"'{requested}' asks for adapter '{adapter}' of '{base}', which serves no LoRA adapters "
+                f"(no serve.models[].lora_path); served models: {sorted(self._model_cards) + sorted(self._aliases)}"))
+        if await super().model(target) is None:
+            raise OpenAIHTTPException(status_code=404, type="InvalidModel", message=(
+                f"'{requested}': no adapter '{adapter}' for '{base}' under {path} (each adapter is a folder there "
+                "holding adapter_config.json)"))
+        self._known_adapters.add(target)
 
     async def model(self, model_id: str):
         target = resolve_alias(model_id, self._aliases)

@@ -159,3 +159,34 @@ def test_a_missing_secret_file_is_one_line_from_the_cli(tmp_path, capsys):
                  "--url", "http://127.0.0.1:9/v1"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "serve.api_key_file" in err and "Traceback" not in err
+
+
+def test_an_adapter_of_a_model_without_lora_or_a_missing_adapter_is_a_404_not_a_500(no_env_token):
+    """Issue 16.6, found by tests/integration/test_bad_requests.py: `persuadee:no-such-adapter` reached the engine,
+    which has no LoRA, and came back as a 500."""
+    from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+
+    from pbt_ray.serving.ingress import RoleAliasIngress
+
+    from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
+
+    cards = {m: ModelCard(id=m, object="model", owned_by="pbt", permission=[], metadata={}) for m in ("smol", "llama")}
+    ingress = RoleAliasIngress({"smol": None, "llama": None}, cards, model_aliases={"persuadee": "smol"},
+                               lora_paths={"llama": "s3://b/adapters"})
+
+    async def metadata(model_id, base_path):
+        if model_id != "llama:pbt-round1":
+            from fastapi import HTTPException
+            raise HTTPException(404, "no adapter_config.json")
+        return {"max_request_context_length": 2048}
+
+    ingress._get_lora_model_metadata_func = metadata
+    with pytest.raises(OpenAIHTTPException) as caught:  # its text is in .message, not str()
+        asyncio.run(ingress._check_adapter("persuadee:no-such-adapter", "smol:no-such-adapter"))
+    assert caught.value.status_code == 404 and "adapter 'no-such-adapter' of 'smol', which serves no LoRA" in caught.value.message
+    with pytest.raises(OpenAIHTTPException) as caught:
+        asyncio.run(ingress._check_adapter("llama:nope", "llama:nope"))
+    assert caught.value.status_code == 404 and "no adapter 'nope' for 'llama' under s3://b/adapters" in caught.value.message
+    asyncio.run(ingress._check_adapter("llama:pbt-round1", "llama:pbt-round1"))  # exists: passes, and is remembered
+    assert "llama:pbt-round1" in ingress._known_adapters
+    asyncio.run(ingress._check_adapter("persuadee", "smol"))  # no adapter asked: nothing to check
