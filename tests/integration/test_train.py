@@ -156,11 +156,13 @@ def test_a_killed_train_worker_is_restarted_from_the_checkpoint_by_the_same_driv
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     storage = cfg.run_dir / "checkpoints"
     try:
+        # Kill once the second checkpoint is on storage: Ray Train registers a checkpoint after every worker has
+        # reported it, so the first one is surely registered by then (a kill right after the first upload may
+        # land before its registration, and the group then rightly restarts from step 0).
         deadline = time.monotonic() + 600
-        while not list(storage.glob("dpo-*/checkpoint_*/checkpoint/trainer_state.json")) and time.monotonic() < deadline:
-            assert proc.poll() is None, "pbt train exited before its first checkpoint"
+        while len(list(storage.glob("dpo-*/checkpoint_*/checkpoint/trainer_state.json"))) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, "pbt train exited before its second checkpoint"
             time.sleep(0.5)
-        time.sleep(1.0)  # let the checkpoint finish uploading
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name().startswith("ray::RayTrainWorker")]
         assert len(workers) == 2, [p.name() for p in workers]
         os.kill(workers[-1].pid, signal.SIGKILL)  # one worker; the driver and the cluster live on
@@ -177,7 +179,7 @@ def test_a_killed_train_worker_is_restarted_from_the_checkpoint_by_the_same_driv
         first, restarted = read_segments(cfg.run_dir / "train" / "samples" / f"rank-{rank}.jsonl")
         assert first["from"] == 0 and first["train"] == expected[: len(first["train"])]
         step = restarted["from"]
-        assert 2 <= step < STEPS and step % 2 == 0  # from a checkpoint, not from scratch
+        assert 2 <= step < STEPS and step % 2 == 0, output[-3000:]  # from a checkpoint, not from scratch
         assert restarted["train"] == expected[step:]
 
 
