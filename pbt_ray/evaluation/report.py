@@ -480,7 +480,7 @@ def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) 
              "text-align:right;white-space:nowrap}th{background:#f4f4f4}"
              "th:first-child,td:first-child{text-align:left}img{max-width:100%}"
              ".ci{color:#555;font-size:.9em}.na{color:#888}.dir{display:block;color:#888;font-size:.75em}"
-             "table.secondary,table.diff,table.farm{font-size:.85em}table.diff td:nth-child(5){white-space:normal}"
+             "table.secondary,table.diff,table.farm{font-size:.85em}table.diff td:nth-child(n+5){white-space:normal}"
              "table.diff td:nth-child(n+5),table.diff th:nth-child(n+5){text-align:left}.same{color:#666;font-style:italic}"
              ".better{color:#1a7f37}.worse{color:#b42318}.vs{margin:.8rem 0 0}.note{color:#444;font-size:.95em}"
              "h2{margin-top:2.2rem;border-bottom:1px solid #ddd}</style></head><body>",
