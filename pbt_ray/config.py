@@ -431,7 +431,8 @@ class TrainConfig(_Strict):
     seed: int = Field(12, description="Seed of model init, data order and dropout.")
     merge: bool = Field(False, description="Also export the base model with the adapter merged in.")
     loggers: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(
-        default_factory=list, description="Experiment trackers (through transformers' integrations)."
+        default_factory=list, description="Experiment trackers (through transformers' integrations); one that is "
+        "not installed is refused before anything starts (pbt installs none of them)."
     )
 
     @model_validator(mode="after")

@@ -243,6 +243,12 @@ def check_run(cfg: PBTConfig, from_stage: str | None = None, from_round: int = 1
     if from_stage is not None and from_stage not in [s.name for s in _stages(from_round)]:
         raise LoopError(f"--from {from_stage}: not a stage of this round; stages are "
                         f"{', '.join(s.name for s in _stages(from_round))}")
+    from pbt_ray.training.launch import TrainError, check_trackers
+
+    try:
+        check_trackers(cfg.train.loggers)  # the train stage would refuse it too, after the cluster and the growth
+    except TrainError as exc:
+        raise LoopError(str(exc)) from None
     return {k: load_state(round_dir(cfg, k)) for k in range(1, cfg.rounds + 1)}
 
 

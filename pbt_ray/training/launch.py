@@ -87,6 +87,7 @@ def resolve_storage(cfg: PBTConfig) -> str:
 def prepare(cfg: PBTConfig, pairs: str | None = None, log=print) -> dict[str, Any]:
     """All driver-side checks; returns what the workers need."""
     tcfg = cfg.train
+    check_trackers(tcfg.loggers)
     files = pairs_files(pairs or tcfg.pairs or cfg.run_dir / "preferences")
     rows = check_pairs_file(files["train"])
     dev_rows = check_pairs_file(files["dev"], required=False) if "dev" in files else 0
@@ -105,6 +106,23 @@ def prepare(cfg: PBTConfig, pairs: str | None = None, log=print) -> dict[str, An
         f"{tcfg.accumulation()}), {tcfg.warmup_steps} warm-up; checkpoints in {storage}")
     return {"files": {k: str(v) for k, v in files.items()}, "model_path": model_path, "storage": storage,
             "rows": rows, "dev_rows": dev_rows, "model": info}
+
+
+# train.loggers -> the module transformers' integration needs for it (its own check runs only inside the workers,
+# after the cluster has been sized and the model shipped; issue 17 asks for the refusal before any worker starts).
+TRACKER_MODULES = {"mlflow": ("mlflow",), "wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX")}
+
+
+def check_trackers(loggers, find_spec=None) -> None:
+    """Refuse a tracker that is not installed where pbt runs (the workers run the same environment or image)."""
+    import importlib.util
+
+    find_spec = find_spec or importlib.util.find_spec
+    missing = [name for name in loggers if not any(find_spec(m) for m in TRACKER_MODULES[name])]
+    if missing:
+        raise TrainError(f"train.loggers asks for {', '.join(missing)}, not installed here: pip install "
+                         f"{' '.join(TRACKER_MODULES[m][0] for m in missing)} (and in the cluster's image), or drop "
+                         f"{'it' if len(missing) == 1 else 'them'} from train.loggers")
 
 
 def optimizer_steps(tcfg: TrainConfig, rows: int) -> int:

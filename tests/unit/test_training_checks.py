@@ -169,3 +169,26 @@ def test_a_local_model_directory_is_passed_to_workers_as_an_absolute_path(tmp_pa
     monkeypatch.chdir(tmp_path)
     assert resolve_model_path("runs/local/merged") == str(tmp_path / "runs" / "local" / "merged")
     assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_anything_starts(tmp_path, capsys):
+    """Issue 17: train.loggers=[mlflow] without mlflow failed only inside the Train workers."""
+    from pbt_ray.cli import main
+    from pbt_ray.training.launch import check_trackers
+
+    installed = {"tensorboardX"}
+    find = lambda name: name in installed or None  # noqa: E731
+    check_trackers(["tensorboard"], find_spec=find)  # tensorboardX serves transformers' TensorBoard callback
+    with pytest.raises(TrainError, match=r"train.loggers asks for mlflow, wandb, not installed here: pip install mlflow wandb"):
+        check_trackers(["mlflow", "wandb", "tensorboard"], find_spec=find)
+    check_trackers([])
+    # From the CLI: one line, exit 1, before Ray or the run record (mlflow and wandb are in neither profile).
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        for argv in (["run", "train.loggers=[wandb]", f"runs_dir={tmp_path / 'run'}"],
+                     ["train", "train.loggers=[wandb]", f"runs_dir={tmp_path / 'train'}", "--pairs", str(tmp_path)]):
+            assert main(argv) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "train.loggers asks for wandb" in err, err
+        assert not (tmp_path / "run").exists()  # `pbt run` checks before it records anything
