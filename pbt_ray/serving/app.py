@@ -267,6 +267,7 @@ def wait_ready(cfg: PBTConfig, timeout_s: float | None = None, log=print) -> str
     timeout_s = cfg.serve.ready_timeout_s if timeout_s is None else timeout_s
     url = base_url(cfg.serve)
     wanted = {m.id for m in cfg.serve.models} | set(cfg.serve.roles)
+    headers = auth_headers(cfg.serve)  # read once: a missing secret file fails here, not on every poll
     deadline = time.monotonic() + timeout_s
     start, last_note, status_text = time.monotonic(), 0.0, "not deployed yet"
     while time.monotonic() < deadline:
@@ -277,7 +278,7 @@ def wait_ready(cfg: PBTConfig, timeout_s: float | None = None, log=print) -> str
                 raise ServeError(f"Serve app '{cfg.serve.app_name}' failed to deploy:\n{status_text}")
             if app.status == "RUNNING":
                 try:
-                    listed = {m["id"] for m in httpx.get(f"{url}/models", timeout=10, headers=auth_headers(cfg.serve)).json()["data"]}
+                    listed = {m["id"] for m in httpx.get(f"{url}/models", timeout=10, headers=headers).json()["data"]}
                     if wanted <= listed:
                         log(f"[pbt] debater app ready at {url} after {time.monotonic() - start:.0f} s")
                         return url

@@ -107,7 +107,7 @@ async def measure_load(url: str, model: str, levels: list[int], max_tokens: int 
     from pbt_ray.serving.auth import NO_KEY, client_key
 
     key = api_key or client_key()
-    headers = {} if key == NO_KEY else {"Authorization": f"Bearer {key}"}
+    headers = {} if key == NO_KEY else {"Authorization": f"Bearer {key}"}  # as auth_headers, for this key
     limits = httpx.Limits(max_connections=max(levels) + 8, max_keepalive_connections=max(levels) + 8)
     results = []
     async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, limits=limits, timeout=600) as http:

@@ -12,26 +12,22 @@ valid body, or a 4xx with an OpenAI error object.
 """
 
 import json
-import os
 
 import httpx
 import pytest
+
+from pbt_ray.serving.auth import auth_headers
 
 pytestmark = pytest.mark.integration
 
 HI = [{"role": "user", "content": "Say hello."}]
 
 
-def _headers() -> dict[str, str]:
-    token = os.environ.get("PBT_API_KEY")  # the app enforces a bearer token only when one is configured
-    return {"authorization": f"Bearer {token}"} if token else {}
-
-
 def _post(url: str, body, timeout: float = 120) -> httpx.Response:
     if isinstance(body, bytes):
         return httpx.post(f"{url}/chat/completions", content=body, timeout=timeout,
-                          headers={"content-type": "application/json", **_headers()})
-    return httpx.post(f"{url}/chat/completions", json=body, timeout=timeout, headers=_headers())
+                          headers={"content-type": "application/json", **auth_headers()})
+    return httpx.post(f"{url}/chat/completions", json=body, timeout=timeout, headers=auth_headers())
 
 
 def _is_error(response: httpx.Response) -> bool:
