@@ -238,6 +238,9 @@ class GrowConfig(_Strict):
         "hf:<dataset>[:<config>[:<split>]] (hf:mandarjoshi/trivia_qa:rc.web.nocontext:train, hf:tau/commonsense_qa).",
     )
     limit: PositiveInt | None = Field(None, description="Grow trees for the first N questions only.")
+    question_ids: list[str] | None = Field(
+        None, description="Grow trees for these question ids only (in the source's order; grow.limit then applies). "
+        "An id missing from grow.questions is an error. Held-out evaluation questions exclude them as it does grown ones.")
     on_bad_row: Literal["skip", "fail"] = Field("skip", description="Malformed question rows: report and skip, or fail.")
     mode: Literal["train", "eval"] = Field(
         "train", description="train: persuasion prompt families, sampled; eval: the standard prompt, greedy, one branch."
@@ -505,7 +508,7 @@ class EvalConfig(_Strict):
     held_out: Literal["test-split", "not-grown-or-test"] = Field(
         "test-split",
         description="Which questions of grow.questions count as held out. test-split: those whose split (mine.seed, "
-        "mine.split_fractions) is 'test'. not-grown-or-test: those, plus every question past grow.limit, which no "
+        "mine.split_fractions) is 'test'. not-grown-or-test: those, plus every question grow does not take (grow.question_ids, grow.limit), which no "
         "tree was grown from (a small demo grows a few questions and can evaluate on the rest).",
     )
     limit: PositiveInt | None = Field(

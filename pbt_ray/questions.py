@@ -51,8 +51,14 @@ class LoadedQuestions:
     problems: list[str] = field(default_factory=list)  # "file row N: what is wrong"
 
 
-def load_questions(spec: str, limit: int | None = None, on_bad_row: str = "skip") -> LoadedQuestions:
-    """Load a question source (see ``GrowConfig.questions``); duplicates of an id are problems too."""
+def load_questions(spec: str, limit: int | None = None, on_bad_row: str = "skip",
+                   ids: list[str] | None = None) -> LoadedQuestions:
+    """Load a question source (see ``GrowConfig.questions``); duplicates of an id are problems too. ``ids``: only
+    these questions (``grow.question_ids``), in the source's order, then the first ``limit`` of them."""
+    if ids:
+        loaded = load_questions(spec, None, on_bad_row)
+        loaded.questions = select_questions(loaded.questions, ids, limit, spec)
+        return loaded
     if spec.startswith("bundled:"):
         name = spec.split(":", 1)[1]
         if name not in BUNDLED:
@@ -90,6 +96,20 @@ def load_questions(spec: str, limit: int | None = None, on_bad_row: str = "skip"
         raise QuestionFileError(f"No usable questions in {spec}" + (
             f": {len(bad)} bad row(s), the first: {bad[0]}" if bad else ": the file holds no rows"))
     return loaded
+
+
+def select_questions(questions: list[Question], ids: list[str] | None, limit: int | None,
+                     spec: str = "the question source") -> list[Question]:
+    """What grow takes from a source: the questions named in ``ids`` (all if None), in the source's order, then
+    the first ``limit``. The held-out evaluation questions are computed from the same selection."""
+    if ids:
+        wanted = set(ids)
+        missing = [i for i in ids if i not in {q.id for q in questions}]
+        if missing:
+            raise QuestionFileError(f"grow.question_ids: {', '.join(missing[:5])} not in {spec} "
+                                    f"({len(missing)} of {len(ids)} missing); check the ids or grow.questions")
+        questions = [q for q in questions if q.id in wanted]
+    return questions[:limit] if limit else questions
 
 
 def _first_line(exc: Exception) -> str:

@@ -72,9 +72,18 @@ def _drop(data: dict, path: str) -> None:
             _drop(item, rest)
 
 
+# Config fields added after run directories existed, whose unset value (None) means what older versions did:
+# left out of a fingerprint while unset, so upgrading pbt-ray never makes a finished stage stale.
+ADDED_LATER = ("grow.question_ids",)
+
+
 def config_slice(stage: Stage, config: dict) -> dict:
     """The part of the (dumped) config ``stage`` depends on."""
     picked = {path: json.loads(json.dumps(_get(config, path), default=str)) for path in stage.config}
+    for path in ADDED_LATER:
+        head = next((p for p in stage.config if path.startswith(p + ".")), None)
+        if head is not None and isinstance(picked[head], dict) and _get(picked[head], path[len(head) + 1:]) is None:
+            _drop(picked[head], path[len(head) + 1:])
     for path in stage.ignore:
         head = next((p for p in stage.config if path == p or path.startswith(p + ".")), None)
         if head is None or path == head:

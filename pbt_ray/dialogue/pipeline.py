@@ -70,7 +70,7 @@ def check_grow_inputs(cfg: PBTConfig) -> None:
     """What `pbt grow` reads, checked before Ray starts and before the command is recorded: the question source
     (a hub dataset is left to the grow itself, which downloads it once) and the part files a rerun resumes from."""
     if not cfg.grow.questions.startswith("hf:"):
-        load_questions(cfg.grow.questions, cfg.grow.limit, cfg.grow.on_bad_row)
+        load_questions(cfg.grow.questions, cfg.grow.limit, cfg.grow.on_bad_row, cfg.grow.question_ids)
     finished_tree_ids(cfg.run_dir)
 
 
@@ -256,7 +256,7 @@ def grow_trees(cfg: PBTConfig, endpoint: str, log=print, progress: bool = True) 
 
     g = cfg.grow
     run_dir = cfg.run_dir
-    loaded = load_questions(g.questions, g.limit, g.on_bad_row)
+    loaded = load_questions(g.questions, g.limit, g.on_bad_row, g.question_ids)
     summary = GrowSummary(questions=len(loaded.questions), problems=loaded.problems)
     for problem in loaded.problems[:20]:
         log(f"[pbt] skipped a question: {problem}")

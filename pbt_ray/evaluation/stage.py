@@ -27,7 +27,7 @@ class EvalError(ValueError):
 def held_out_questions(cfg: PBTConfig) -> tuple[list, list]:
     """(the held-out questions to evaluate, every question of the set)."""
     from pbt_ray.preferences.datasets import split_of
-    from pbt_ray.questions import load_questions
+    from pbt_ray.questions import load_questions, select_questions
 
     source = cfg.eval.questions or cfg.grow.questions
     every = load_questions(source, None, "skip").questions
@@ -35,8 +35,10 @@ def held_out_questions(cfg: PBTConfig) -> tuple[list, list]:
         # Another source (the paper: TriviaQA validation, §5.2 / §5.4) never fed the trees: all of it is held out.
         test = every
     else:
-        # grow takes the first grow.limit questions; with eval.held_out not-grown-or-test the rest are held out too
-        grown = {q.id for q in every[: cfg.grow.limit]} if cfg.eval.held_out == "not-grown-or-test" else None
+        # grow takes grow.question_ids, then the first grow.limit; with eval.held_out not-grown-or-test the rest are
+        # held out too
+        grown = ({q.id for q in select_questions(every, cfg.grow.question_ids, cfg.grow.limit, source)}
+                 if cfg.eval.held_out == "not-grown-or-test" else None)
         test = [q for q in every if (grown is not None and q.id not in grown)
                 or split_of(q.id, cfg.mine.seed, tuple(cfg.mine.split_fractions)) == "test"]
     if not test:

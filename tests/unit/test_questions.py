@@ -76,3 +76,28 @@ def test_hub_rows_map_to_our_schema():
         "id": "c1", "question": "Where is milk kept?", "answerKey": "B",
         "choices": {"label": ["A", "B"], "text": ["oven", "fridge"]}})
     assert (mc.answers, mc.choices) == (["B"], {"A": "oven", "B": "fridge"})
+
+
+def test_question_ids_select_in_source_order_then_limit_and_name_what_is_missing():
+    from pbt_ray.questions import select_questions
+
+    picked = load_questions("bundled:commonsense", ids=["commonsense-031", "commonsense-006", "commonsense-021"])
+    assert [q.id for q in picked.questions] == ["commonsense-006", "commonsense-021", "commonsense-031"]
+    limited = load_questions("bundled:commonsense", limit=2, ids=["commonsense-031", "commonsense-006", "commonsense-021"])
+    assert [q.id for q in limited.questions] == ["commonsense-006", "commonsense-021"]
+    every = load_bundled("commonsense")
+    assert select_questions(every, None, 3) == every[:3] and select_questions(every, None, None) == every
+    with pytest.raises(QuestionFileError, match=r"grow.question_ids: commonsense-999 not in bundled:commonsense \(1 of 2"):
+        load_questions("bundled:commonsense", ids=["commonsense-006", "commonsense-999"])
+
+
+def test_held_out_questions_exclude_the_selected_ids():
+    from pbt_ray.config import load_config
+    from pbt_ray.evaluation.stage import held_out_questions
+
+    ids = ["commonsense-006", "commonsense-021"]
+    cfg = load_config("local", [f"grow.question_ids=[{','.join(ids)}]", "eval.limit=null",
+                                "eval.held_out=not-grown-or-test"])
+    test, every = held_out_questions(cfg)
+    assert not {q.id for q in test} & set(ids) and len(test) == len(every) - 2
+    assert "commonsense-001" in {q.id for q in test}  # no longer taken by grow.limit=32

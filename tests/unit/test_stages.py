@@ -82,3 +82,20 @@ def test_state_files_old_and_broken(tmp_path):
     (tmp_path / "loop_state.json").write_text("{not json")
     with pytest.raises(StageError, match="not readable JSON"):
         StageState.load(tmp_path)
+
+
+def test_a_field_added_later_leaves_older_fingerprints_alone_until_it_is_set(tmp_path):
+    """grow.question_ids came after runs existed: unset, it is not hashed (an upgrade keeps finished stages done);
+    set, grow and everything after it are stale."""
+    from pbt_ray.stages import config_slice
+
+    grow = stage_named(PBT_STAGES, "grow")
+    config = dumped()
+    assert "question_ids" not in config_slice(grow, config)["grow"]
+    legacy = json.loads(json.dumps(config))
+    del legacy["grow"]["question_ids"]  # what an older pbt-ray dumped
+    assert fingerprint(grow, legacy, {}) == fingerprint(grow, config, {})
+    state = StageState(tmp_path)
+    finish_all(state, config)
+    changed = verdicts(dumped("grow.question_ids=[commonsense-001]"), state)
+    assert changed["debate"] == "done" and changed["grow"] == "stale" and changed["mine"] == "to run"
