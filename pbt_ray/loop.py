@@ -384,7 +384,7 @@ def _serve_stages(r: _Round, url: str, question: str | None) -> bool:
         r.done("train", info=info)
     if r.needs("eval"):
         with stage_scope("eval"):
-            _eval_stage(r.top, r.k, cfg, url, log)
+            _eval_stage(r.top, r.k, cfg, url, log, attempt_key=f"{r.fingerprint('eval')}-{r.state.attempt('eval')}")
         r.done("eval")
     return ok
 
@@ -461,25 +461,27 @@ def _train_stage(cfg: PBTConfig, attempt: int, log) -> dict:
             "run_name": metrics.get("run_name")}
 
 
-def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, url: str, log) -> None:
+def _eval_stage(top: PBTConfig, k: int, cfg: PBTConfig, url: str, log, attempt_key: str | None = None) -> None:
     """Round 1: the configured suites on the base model (the app's persuadee) and on the trained model;
     round k >= 2: on its trained model only (the earlier rounds' results are its baseline). Every round
     evaluates on round 1's held-out items and writes under the run directory's ``eval/<label>``, so the
-    report compares base and every round on the same items."""
+    report compares base and every round on the same items. ``attempt_key`` (the stage's fingerprint): suites an
+    interrupted attempt of this same stage finished are kept, not evaluated again."""
     from pbt_ray.serving.trained import TRAINED_ROLE, has_adapter
 
     if k == 1:
-        evaluate_suites(top, "base", url, None, cfg.serve, log=log)
+        evaluate_suites(top, "base", url, None, cfg.serve, log=log, attempt_key=attempt_key)
     if has_adapter(cfg.run_dir):
         with trained_endpoint(cfg, log) as (trained_url, tcfg):
-            evaluate_suites(top, eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve, trained_seats(top, tcfg), log=log)
+            evaluate_suites(top, eval_label(k), trained_url, TRAINED_ROLE, tcfg.serve, trained_seats(top, tcfg), log=log,
+                            attempt_key=attempt_key)
 
 
 def evaluate_suites(top: PBTConfig, label: str, endpoint: str, model: str | None, serve, team=None, *,
                     suites=None, log=print, **where) -> dict[str, dict]:
     """Every suite of ``suites`` (default eval.suites) on one model: ``model`` (None: the served base) answers the
     single-model suites; the team debate seats eval.team's models, with the trained ones in their seats for a
-    trained evaluation (:func:`trained_seats`). ``where``: evaluate()'s out_dir, pairs, targets_file. A suite
+    trained evaluation (:func:`trained_seats`). ``where``: evaluate()'s out_dir, pairs, targets_file, attempt_key. A suite
     that cannot run (no items) is skipped with the reason; returns {suite: summary} of those that ran."""
     from pbt_ray.evaluation.stage import EvalError, evaluate
 

@@ -200,18 +200,26 @@ async def _team(cfg: PBTConfig, client, models: dict[str, str], questions: list,
 
 def evaluate(cfg: PBTConfig, suite: str, endpoint: str, *, pairs: str | None = None, endpoint_is_ours: bool = True,
              label: str = "base", log=print, show_progress: bool = True, out_dir: Path | None = None,
-             targets_file: Path | None = None) -> dict[str, Any]:
+             targets_file: Path | None = None, attempt_key: str | None = None) -> dict[str, Any]:
     """Run ``suite`` and write ``<run dir>/eval/<label>/<suite>/`` (label: which model, e.g. base, trained), or
-    ``<out_dir>/<suite>/``; ``targets_file``: misinformation targets to reuse (written when absent)."""
+    ``<out_dir>/<suite>/``; ``targets_file``: misinformation targets to reuse (written when absent).
+
+    ``attempt_key`` (the loop's eval-stage fingerprint) is recorded with the result: a rerun with the same key
+    keeps a suite an interrupted attempt already finished with no failed item (a driver killed mid-evaluation
+    redoes only the rest); any other key, or none, evaluates again."""
     from tqdm.auto import tqdm
 
     if suite not in SUITES:
         raise EvalError(f"unknown evaluation '{suite}'; one of {', '.join(SUITES)}")
     models = role_models(cfg, endpoint_is_ours)
     out_dir = (Path(out_dir) if out_dir is not None else cfg.run_dir / "eval" / label) / suite
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if attempt_key is not None and (kept := finished_suite(out_dir, attempt_key)) is not None:
+        log(f"[pbt] eval {suite} ({label}): kept from the interrupted attempt of this stage ({kept['items']} items, "
+            f"{kept['failed']} failed)")
+        return kept
     with tqdm(desc=f"eval {suite}", unit="item", disable=not show_progress) as bar:
         results, numbers = asyncio.run(_run(cfg, suite, endpoint, models, pairs, bar, targets_file))
+    out_dir.mkdir(parents=True, exist_ok=True)  # after: a suite with no items (EvalError) leaves no empty directory
     errors = [r for r in results if "error" in r]
     # What the requests named (a role alias on our app) and which served model that is, for the report.
     served = {k: (cfg.serve.roles.get(v, v) if endpoint_is_ours else v) for k, v in models.items()}
@@ -219,13 +227,26 @@ def evaluate(cfg: PBTConfig, suite: str, endpoint: str, *, pairs: str | None = N
                "extract_mode": cfg.extract.mode,
                "served": served,
                **({"strong": models["strong"], "weak": models["weak"]} if suite == "team" else {}),
-               "items": len(results), "failed": len(errors), "metrics": numbers}
+               "items": len(results), "failed": len(errors), "metrics": numbers,
+               **({"attempt_key": attempt_key} if attempt_key is not None else {})}
     _atomic_write(out_dir / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in results))
     _atomic_write(out_dir / "metrics.json", json.dumps(summary, indent=2, default=str) + "\n")
     log(format_metrics(summary))
     for e in errors[:5]:
         log(f"[pbt] failed item: {e}")
     return summary
+
+
+def finished_suite(out_dir: Path, attempt_key: str) -> dict[str, Any] | None:
+    """The summary a suite left in ``out_dir`` if it finished with this ``attempt_key`` (results.jsonl is written
+    before metrics.json, each atomically, so a metrics.json means its results are whole)."""
+    try:
+        summary = json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(summary, dict) and summary.get("attempt_key") == attempt_key and not summary.get("failed")
+          and (out_dir / "results.jsonl").is_file())  # failed items are redone, as a rerun does
+    return summary if ok else None
 
 
 def _atomic_write(path: Path, text: str) -> None:

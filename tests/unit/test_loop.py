@@ -131,7 +131,7 @@ def test_a_config_edit_reruns_that_stage_and_everything_after_it_only(tmp_path, 
         return {}
 
     monkeypatch.setattr(loop, "_train_stage", fake_train)
-    monkeypatch.setattr(loop, "_eval_stage", lambda top, k, cfg, url, log: ran.append("eval") or outputs.update(
+    monkeypatch.setattr(loop, "_eval_stage", lambda top, k, cfg, url, log, attempt_key=None: ran.append("eval") or outputs.update(
         eval=f"metrics-{len(ran)}"))
     monkeypatch.setattr("pbt_ray.evaluation.report.write_report", lambda run_dir, log=print: ran.append("report"))
     monkeypatch.setattr(loop, "format_grow_summary", lambda summary, cfg: "")

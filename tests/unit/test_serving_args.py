@@ -117,3 +117,30 @@ def test_the_ingress_admits_what_the_engines_hold_and_bounds_the_queue():
     (llm,) = endpoint["llm_configs"]
     peak = llm["deployment_config"]["max_ongoing_requests"] * llm["deployment_config"]["autoscaling_config"]["max_replicas"]
     assert endpoint["ingress_deployment_config"]["max_ongoing_requests"] == peak
+
+
+def test_adding_the_trained_model_keeps_the_debaters_deployment_versions(tmp_path):
+    """Serve restarts a deployment whose version changes and gives an unversioned one a random version per deploy:
+    every deployment gets a digest of what it runs, so adding the trained model restarts only the ingress."""
+    from ray.serve.llm import build_openai_app
+
+    from pbt_ray.serving.app import deployment_versions, with_stable_versions
+    from pbt_ray.serving.trained import with_trained_model
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    cfg = load_config("local", [])
+    base_only = serving_args(cfg, resolve=False)
+    with_trained = serving_args(with_trained_model(cfg, merged), resolve=False)
+    models, ingress = deployment_versions(base_only)
+    models2, ingress2 = deployment_versions(with_trained)
+    assert deployment_versions(base_only) == (models, ingress)  # the same app, the same versions
+    assert models2["smollm2-135m-instruct"] == models["smollm2-135m-instruct"] and ingress2 != ingress
+    (merged / "model.safetensors").write_bytes(b"re-merged")  # new weights in the same directory: a new version
+    assert deployment_versions(with_trained)[0]["pbt-trained"] != models2["pbt-trained"]
+
+    app = with_stable_versions(build_openai_app(with_trained), with_trained, log=lambda line: pytest.fail(line))
+    children = app._bound_deployment.init_kwargs["llm_deployments"]
+    assert {k: c._bound_deployment.version for k, c in children.items()} == deployment_versions(with_trained)[0]
+    assert app._bound_deployment.version == deployment_versions(with_trained)[1]
