@@ -223,6 +223,8 @@ def deploy(cfg: PBTConfig, log=print) -> str:
     if not _serve_running():
         check_port_free(cfg.serve.host, cfg.serve.port)
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    else:
+        check_serve_port(cfg)
     names = ", ".join(f"{m.id} ({m.source})" for m in cfg.serve.models)
     log(f"[pbt] deploying Serve app '{cfg.serve.app_name}': {names}; roles {cfg.serve.roles}")
     quiet_driver_logs(cfg.ray.log_to_driver)  # serve.start configured Serve's logger; the build logs through it
@@ -311,6 +313,20 @@ def _submit(app, name: str, route_prefix: str) -> None:
         serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
     else:
         run(app, name=name, route_prefix=route_prefix, _blocking=False)
+
+
+def check_serve_port(cfg: PBTConfig) -> None:
+    """Serve has one HTTP port per cluster, set when it first started: a config with another serve.port would
+    wait out serve.ready_timeout_s on a port nothing listens on, so say it at once."""
+    from ray import serve
+
+    try:
+        port = serve.context._get_global_client().http_config.port
+    except Exception:  # noqa: BLE001 - an older or newer Serve: wait_ready still times out with its message
+        return
+    if port is not None and port != cfg.serve.port:
+        raise ServeError(f"Serve already runs on this cluster with its HTTP port {port}, not serve.port={cfg.serve.port}; "
+                         f"set serve.port={port} (a cluster has one Serve HTTP port), or shut that Serve down first")
 
 
 def _serve_running() -> bool:

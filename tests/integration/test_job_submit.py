@@ -173,5 +173,5 @@ def test_the_loop_through_ray_job_submit_survives_its_driver_killed_during_the_m
     check_trained_run(run)
 
     # 4. A fourth submission skips every finished stage.
-    logs = JobSubmissionClient(url).get_job_logs(submit(url, env, f"runs_dir={runs}"))
+    logs = JobSubmissionClient(url).get_job_logs(submit(url, env, *args))
     assert "every stage of" in logs and "deploying Serve app" not in logs

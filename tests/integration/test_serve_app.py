@@ -125,6 +125,19 @@ def test_readiness_wait_times_out_with_a_clear_message(debater_app):
         wait_ready(never, timeout_s=2, log=lambda _: None)
 
 
+def test_a_config_with_another_serve_port_is_refused_at_once(debater_app):
+    """Serve has one HTTP port per cluster: a rerun with another serve.port used to wait out
+    serve.ready_timeout_s (15 minutes) on a port nothing listens on."""
+    from pbt_ray.serving.app import check_serve_port
+
+    cfg, _ = debater_app
+    check_serve_port(cfg)  # the port Serve runs on: fine
+    other = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"port": cfg.serve.port + 1})})
+    with pytest.raises(ServeError, match=f"HTTP port {cfg.serve.port}, not serve.port={cfg.serve.port + 1}; "
+                                         f"set serve.port={cfg.serve.port}"):
+        check_serve_port(other)
+
+
 def test_two_runs_share_one_cluster_side_by_side(debater_app, tmp_path):
     """Issue 14 (7): every run deployed `pbt-debaters` on `/`, so a second run on the cluster replaced the first's
     models mid-run. Now run `side` deploys `pbt-side` on `/side` next to the session's run (`pbt-local` on
