@@ -433,6 +433,10 @@ class TrainConfig(_Strict):
     )
     seed: int = Field(12, description="Seed of model init, data order and dropout.")
     merge: bool = Field(False, description="Also export the base model with the adapter merged in.")
+    tensorboard: bool = Field(
+        True, description="Write every training run's metrics (loss, rewards, dev metrics) as TensorBoard event files "
+        "under <run dir>/tensorboard/<run name>; the driver writes them from rank 0's log lines, so they land in the "
+        "run directory wherever the workers ran (`tensorboard --logdir <run dir>/tensorboard`).")
     loggers: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(
         default_factory=list, description="Experiment trackers (through transformers' integrations); one that is "
         "not installed is refused before anything starts (pbt installs none of them)."

@@ -255,7 +255,7 @@ PBT_STAGES: tuple[Stage, ...] = (
           writes=("preferences/",), describe="resist / accept preference pairs"),
     Stage("train", reads=("mine",), config=("train", "extract"), ignore=tuple(f"train.{f}" for f in (
         "pairs", "storage_path", "checkpoint_every", "keep_checkpoints", "max_failures", "logging_steps",
-        "cpus_per_worker", "accelerator_type", "loggers", "run_name")),
+        "cpus_per_worker", "accelerator_type", "loggers", "tensorboard", "run_name")),
           writes=("adapter/", "train_metrics.json", "sft-merged/", "merged/"), describe="SFT then DPO of a LoRA adapter"),
     Stage("eval", reads=("mine", "train"), config=("eval", *_SERVED, "train.base_model"),
           ignore=(*_SERVE_OPS, "eval.concurrency"), writes=("eval/",), describe="base and trained, every suite"),

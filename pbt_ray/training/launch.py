@@ -287,7 +287,12 @@ def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict
 
     thread = threading.Thread(target=fit, name=f"pbt-train-{stage}", daemon=True)
     thread.start()
-    _show_progress(thread, queue, log, progress)
+    writer = tensorboard_writer(cfg, run_name, log) if tcfg.tensorboard else None
+    try:
+        _show_progress(thread, queue, log, progress, writer)
+    finally:
+        if writer is not None:
+            writer.close()
     thread.join()
     with contextlib.suppress(Exception):
         ray.kill(queue.actor)
@@ -299,7 +304,22 @@ def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict
     return result
 
 
-def _show_progress(thread: threading.Thread, queue, log, progress: bool) -> None:
+def tensorboard_dir(cfg: PBTConfig, run_name: str) -> Path:
+    return cfg.run_dir / "tensorboard" / run_name
+
+
+def tensorboard_writer(cfg: PBTConfig, run_name: str, log=print):
+    """A TensorBoard writer into the run directory (tensorboardX, which comes with ray[train]); None if it is
+    missing. A resumed run writes on into the same directory: TensorBoard shows the latest value of a step."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        log("[pbt] note: tensorboardX is not installed, so no TensorBoard events are written (pip install tensorboardX)")
+        return None
+    return SummaryWriter(logdir=str(tensorboard_dir(cfg, run_name)), flush_secs=10)
+
+
+def _show_progress(thread: threading.Thread, queue, log, progress: bool, writer=None) -> None:
     from tqdm.auto import tqdm
 
     bar = None
@@ -309,6 +329,10 @@ def _show_progress(thread: threading.Thread, queue, log, progress: bool) -> None
             item = queue.get(timeout=1.0)
         except Exception:  # noqa: BLE001 - Empty, or the queue actor is gone after fit
             continue
+        if writer is not None:  # e.g. dpo/loss, dpo/rewards/margins, dpo/eval_loss at the optimizer step
+            for key, value in item.items():
+                if key not in ("step", "max_steps", "stage") and isinstance(value, (int, float)):
+                    writer.add_scalar(f"{item.get('stage', 'train')}/{key}", value, item.get("step", 0))
         if progress and bar is None and item.get("max_steps"):
             bar = tqdm(total=item["max_steps"], desc=f"training ({item['stage']})", unit="step")
         if bar is not None:

@@ -75,6 +75,13 @@ def test_zero2_two_workers_lora_adapter_changes_the_model(zero2_run, pairs_dir):
     assert json.loads((cfg.run_dir / "train_metrics.json").read_text())["global_step"] == STEPS
     # The dev split was evaluated: TRL's DPO metrics and the generation-based balanced accuracy (§4.5).
     assert "eval_rewards/accuracies" in metrics and 0.0 <= metrics["eval_balanced_accuracy"] <= 1.0
+    # TensorBoard events in the run directory (issue 17), written by the driver: the same losses at each step.
+    from tests.unit.test_tensorboard import read_scalars
+
+    scalars = read_scalars(cfg.run_dir / "tensorboard" / metrics["run_name"])
+    assert [step for step, _ in scalars["dpo/loss"]] == list(range(1, STEPS + 1))
+    assert [value for _, value in scalars["dpo/loss"]] == pytest.approx(losses, rel=1e-5)
+    assert "dpo/eval_balanced_accuracy" in scalars
 
     base_dir = resolve_model_path("embedded")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
