@@ -94,6 +94,13 @@ def test_pbt_run_trains_serves_and_evaluates_the_trained_model(tmp_path):
     assert sum(mined["selected"].get("train", {}).values()) >= 1, NO_PAIR
     assert "train skipped" not in out and "[pbt] adapter in " in out
     assert "[pbt] eval balanced (base) skipped:" not in out  # smoke evaluates are-you-sure and team only
+    # The run's trees and pairs load with Hugging Face datasets as they are (issue 17).
+    from datasets import load_dataset
+
+    trees = load_dataset("parquet", data_files=str(run / "trees" / "*.parquet"), split="train")
+    assert sorted(trees["question_id"]) == sorted(chosen) and trees[0]["nodes"][0]["text"]
+    pairs = load_dataset("parquet", data_files=str(run / "preferences" / "pairs" / "train.parquet"), split="train")
+    assert len(pairs) == sum(mined["selected"]["train"].values()) and {"prompt", "chosen", "rejected"} <= set(pairs.features)
     check_trained_run(run)
     record = [json.loads(line) for line in (run / "runs.jsonl").read_text().splitlines()]
     assert record[-1]["command"] == "run" and record[-1]["packages"]["vllm"] and (run / "run.yaml").is_file()
