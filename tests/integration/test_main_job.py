@@ -100,7 +100,7 @@ def test_pbt_run_trains_serves_and_evaluates_the_trained_model(tmp_path):
     trees = load_dataset("parquet", data_files=str(run / "trees" / "*.parquet"), split="train")
     assert sorted(trees["question_id"]) == sorted(chosen) and trees[0]["nodes"][0]["text"]
     pairs = load_dataset("parquet", data_files=str(run / "preferences" / "pairs" / "train.parquet"), split="train")
-    assert len(pairs) == sum(mined["selected"]["train"].values()) and {"prompt", "chosen", "rejected"} <= set(pairs.features)
+    assert len(pairs) == sum(mined["selected"]["train"].values()) and {"chosen", "rejected"} <= set(pairs.column_names)
     check_trained_run(run)
     record = [json.loads(line) for line in (run / "runs.jsonl").read_text().splitlines()]
     assert record[-1]["command"] == "run" and record[-1]["packages"]["vllm"] and (run / "run.yaml").is_file()
