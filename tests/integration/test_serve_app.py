@@ -220,3 +220,31 @@ def test_every_listening_socket_of_the_local_stack_is_on_loopback(debater_app):
     exposed = {addr: name for addr, name in listening.items()
                if addr[0] not in loopback and not name.startswith(UPSTREAM_WILDCARD_LISTENERS)}
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_the_engines_request_counters_are_on_rays_metrics_endpoint(debater_app):
+    """Issue 17: vLLM's engine metrics (ray.serve.llm's log_engine_metrics, on by default) and Serve's request
+    counters are exported on the node's Prometheus endpoint, where Ray's Grafana dashboards read them."""
+    import re
+    import time
+
+    import httpx
+    import ray
+
+    from pbt_ray.serving.auth import auth_headers
+
+    cfg, url = debater_app
+    reply = httpx.post(f"{url}/chat/completions", headers=auth_headers(cfg.serve), timeout=120, json={
+        "model": "persuadee", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 4})
+    assert reply.status_code == 200
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:  # metrics are pushed to the agent every few seconds
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        success = [float(v) for v in re.findall(r"^ray_vllm_request_success(?:_total)?\{[^}]*\} (\S+)$", text, re.M)]
+        if sum(success) >= 1 and re.search(r"^ray_serve_num_http_requests(?:_total)?\{", text, re.M):
+            break
+        time.sleep(3)
+    else:
+        names = sorted({line.split("{")[0] for line in text.splitlines() if line.startswith(("ray_vllm", "ray_serve"))})
+        pytest.fail(f"no engine request counter on :{port}/metrics after 90 s; vllm/serve metrics seen: {names[:40]}")
