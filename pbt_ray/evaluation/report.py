@@ -347,8 +347,25 @@ def write_report(run_dir: str | Path, log=print) -> dict[str, Any]:
                                      "failed": r.get("failed"), "metrics": r.get("metrics"),
                                      "readings": reading_stats(run_dir, label, suite),
                                      **_numbers(suite, rows[(label, suite)], rows.get(("base", suite)), with_base)}
+    from pbt_ray.evaluation import run_sections
+
+    run_facts = run_sections.facts(run_dir)
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "run.json").write_text(json.dumps(run_facts, indent=2, default=str) + "\n")  # grow, mine, train per round
     figures = plots(summary)
+    pyplot = _pyplot()
+    for name, f in run_facts.items():
+        for key, draw in (("data", run_sections.data_plot), ("train", run_sections.training_plot)):
+            fig = draw(name, f, pyplot)
+            if fig is not None:
+                figures[f"{key}:{name}"] = _png(fig)
+    from pbt_ray.evaluation.tree_browser import write_tree_browser
+
+    try:
+        trees_link = "trees/index.html" if write_tree_browser(run_dir, out / "trees") else None
+    except Exception as exc:  # noqa: BLE001 - e.g. a corrupt part file: the report is still written, and says so
+        log(f"[pbt] tree browser not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        trees_link = None
     examples_dir = out / "dialogues"
     examples_dir.mkdir(exist_ok=True)
     links = []
@@ -356,7 +373,7 @@ def write_report(run_dir: str | Path, log=print) -> dict[str, Any]:
         name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in title) + ".html"
         (examples_dir / name).write_text(page)
         links.append((title, f"dialogues/{name}"))
-    (out / "report.html").write_text(_html(summary, figures, links))
+    (out / "report.html").write_text(_html(summary, figures, links, run_sections.sections_html(run_facts, figures, trees_link)))
     log(f"[pbt] report: {out / 'report.html'} (JSON: {out / 'report.json'})")
     return summary
 
@@ -472,7 +489,7 @@ def _secondary_html(suite: str, rows: list[tuple[str, dict]]) -> str:
     return "\n".join(out)
 
 
-def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) -> str:
+def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]], run_html: str = "") -> str:
     esc = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>PBT evaluation report</title>",
              "<style>body{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;color:#222}"
@@ -531,6 +548,8 @@ def _html(summary: dict, figures: dict[str, str], links: list[tuple[str, str]]) 
                          + f"<td>{_rate(r['none_rate'], r.get('none_rate_ci95'))} n={r['n']} in "
                          f"{_plural(r['items'], 'item')}</td><td>{esc(by)}</td></tr>")
         parts.append("</table>")
+    if run_html:
+        parts.append(run_html)
     if links:
         parts.append("<h2>Example dialogues</h2><ul>")
         parts += [f"<li><a href='{esc(href)}'>{esc(title)}</a></li>" for title, href in links]

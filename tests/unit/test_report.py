@@ -248,3 +248,76 @@ def test_report_shows_farm_adoption_given_a_right_first_answer(tmp_path):
     assert "0.50 [" in page and "(1 of 2)" in page  # adopted at the end, with its Wilson interval and count
     assert "emotional" in page and "generated 1, trees 2" in page
     assert "n/a (no results.jsonl)" in table_row(page, "holds misinformation (all)")  # no rows: no estimate
+
+
+def planted_run(run):
+    """A round-1 run directory as grow, mine and train leave it (fixture trees, the mined pairs, a training log),
+    plus a round 2 that trained nothing."""
+    from tests.unit.pbt_fixtures import fixture_tree, write_ours
+
+    fake_run(run, suites=("are-you-sure",), n=6)
+    (run / "trees").mkdir(parents=True)
+    write_ours(run / "trees" / "part-0.parquet", [fixture_tree(name) for name in ("F1", "F2", "F3")])
+    (run / "grow_summary.json").write_text(json.dumps({"grown": 3, "already_done": 0, "failed": 0, "turns": 30,
+                                                       "none_rate": 0.2, "none_rate_ci95": [0.1, 0.35]}))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (run / "preferences").mkdir()
+    pq.write_table(pa.table({"tree_id": ["tree-F1", "tree-F2", "tree-F2"], "type": ["resist", "accept", "third_answer"]}),
+                   run / "preferences" / "candidates.parquet")  # what `pbt mine` keeps of every candidate, in part
+    (run / "preferences" / "mine_stats.json").write_text(json.dumps({
+        "trees": 3, "candidates": 6, "pairs_by_type": {"resist": 1, "accept": 1, "third_answer": 1},
+        "pairs_by_style": {"lp": {"resist": 1}, "ep": {"accept": 1, "third_answer": 1}},
+        "pairs_by_depth": {"3": {"resist": 1, "accept": 1, "third_answer": 1}},
+        "selected": {"train": {"resist": 1, "accept": 1}, "dev": {}, "test": {}}}))
+    (run / "adapter").mkdir()
+    (run / "adapter" / "train_log.json").write_text(json.dumps(
+        [{"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "step": 1},
+         {"loss": 0.52, "rewards/margins": 0.4, "rewards/accuracies": 1.0, "step": 2},
+         {"eval_loss": 0.6, "eval_balanced_accuracy": 0.5, "step": 2}, {"train_runtime": 3.0, "step": 2}]))
+    (run / "train_metrics.json").write_text(json.dumps({"run_name": "dpo-abc", "global_step": 2}))
+    two = run / "round-2"
+    (two / "preferences").mkdir(parents=True)
+    (two / "grow_summary.json").write_text(json.dumps({"grown": 1, "failed": 1, "turns": 9, "none_rate": None}))
+    (two / "loop_state.json").write_text(json.dumps({"version": 2, "stages": {"train": {
+        "info": {"skipped": "no resist or accept pairs in the train split"}}}}))
+    return run
+
+
+def test_report_shows_the_data_and_training_of_every_round_and_a_tree_browser(tmp_path):
+    """Issue 17: pairs by type, style and depth and the NONE rate per round; training curves (loss, reward margin
+    and accuracy, dev balanced accuracy) or why no model was trained; every tree in a browser page."""
+    run = planted_run(tmp_path / "run")
+    write_report(run, log=lambda *_: None)
+    page = (run / "report" / "report.html").read_text()
+    assert "<h2>Data: trees and pairs</h2>" in page and "<h2>Training</h2>" in page
+    assert "20.0% [10.0%, 35.0%] n=30" in page  # the NONE rate with its interval and n
+    assert "round 2: no model trained (no resist or accept pairs in the train split)" in page
+    assert "run <code>dpo-abc</code>, 2 optimizer steps" in page and "DPO loss 0.52" in page
+    assert page.count("data:image/png;base64,") == 1 + 1 + 1  # are-you-sure, round 1's data and its training
+    facts = json.loads((run / "report" / "run.json").read_text())
+    assert facts["round 1"]["train"]["curves"]["loss"] == [[1, 0.69], [2, 0.52]]
+    assert facts["round 1"]["train"]["curves"]["eval_balanced_accuracy"] == [[2, 0.5]]
+    assert facts["round 1"]["mine"]["pairs_by_type"]["resist"] == 1
+
+    browser = (run / "report" / "trees" / "index.html").read_text()
+    assert "href='trees/index.html'" in page and "back to the report" in browser
+    rows = json.loads(browser.split("<script id='trees' type='application/json'>")[1].split("</script>")[0])
+    assert sorted(r["tree_id"] for r in rows) == ["tree-F1", "tree-F2", "tree-F3"]
+    f1 = next(r for r in rows if r["tree_id"] == "tree-F1")
+    assert f1["round"] == "round 1" and f1["pairs"] == ["resist"] and f1["question"] == "Who wrote Paradise Lost?"
+    assert (run / "report" / "trees" / f1["page"]).read_text().lower().startswith("<!doctype html>")
+    assert all(k in browser for k in ("id='q'", "id='pair'", "id='agreed'", "id='status'"))
+
+
+def test_a_question_cannot_close_the_browsers_script(tmp_path):
+    from pbt_ray.evaluation.tree_browser import write_tree_browser
+    from tests.unit.pbt_fixtures import fixture_tree, write_ours
+
+    run = tmp_path / "run"
+    (run / "trees").mkdir(parents=True)
+    write_ours(run / "trees" / "part-0.parquet", [fixture_tree("F1", question="</script><b>x</b>")])
+    assert write_tree_browser(run, tmp_path / "out") == 1
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "</script><b>" not in page and page.count("</script>") == 2
