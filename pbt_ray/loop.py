@@ -348,7 +348,15 @@ def _round(top: PBTConfig, k: int, cfg: PBTConfig, states: dict[int, StageState]
     r = _Round(top, k, cfg, states, log)
     todo = {n for n, v, _ in verdicts if v != "done"}
     if todo & {"debate", "grow", "mine", "train", "eval"}:
-        with debater_endpoint(cfg, log=log) as url:
+        serving = cfg
+        if not todo & {"debate", "grow", "mine", "train"} and not cfg.grow.endpoint:
+            from pbt_ray.serving.trained import has_adapter
+
+            if has_adapter(cfg.run_dir):
+                # Only the evaluation is left (a rerun after a crash): serve the trained model from the start,
+                # so the app is deployed once (and a running one with the same models is kept as it is).
+                serving = trained_config(cfg, log)
+        with debater_endpoint(serving, log=log) as url:
             ok = _serve_stages(r, url, question)
     if r.needs("report"):
         from pbt_ray.evaluation.report import ReportError, write_report
@@ -522,8 +530,18 @@ def trained_seats(top: PBTConfig, tcfg: PBTConfig):
 @contextlib.contextmanager
 def trained_endpoint(cfg: PBTConfig, log=print) -> Iterator[tuple[str, PBTConfig]]:
     """The debater app updated in place with the run's trained model added (role ``trained``): the
-    debaters' deployments keep running, and the same extractor scores base and trained answers."""
+    debaters' deployments keep running (:func:`pbt_ray.serving.app.with_stable_versions`), and the same
+    extractor scores base and trained answers."""
     from pbt_ray.serving.app import deploy, wait_ready
+
+    tcfg = trained_config(cfg, log)
+    deploy(tcfg, log=log)
+    yield wait_ready(tcfg, log=log), tcfg
+
+
+def trained_config(cfg: PBTConfig, log=print) -> PBTConfig:
+    """``cfg`` with the run's trained model (merged once) served as role ``trained``, and another run's trained
+    model in a team seat that names one."""
     from pbt_ray.serving.trained import merged_model, with_trained_model
 
     tcfg = with_trained_model(cfg, merged_model(cfg.run_dir, log=log))
@@ -537,8 +555,7 @@ def trained_endpoint(cfg: PBTConfig, log=print) -> Iterator[tuple[str, PBTConfig
                                 f"({seat.trained}/adapter); finish that run first or set it to null")
             tcfg = with_trained_model(tcfg, merged_model(seat.trained, log=log), model_id=seat_model_id(name),
                                       role=None, base_id=cfg.seat_model(name))
-    deploy(tcfg, log=log)
-    yield wait_ready(tcfg, log=log), tcfg
+    return tcfg
 
 
 def format_grow_summary(summary, cfg: PBTConfig) -> str:

@@ -277,3 +277,38 @@ def test_a_run_of_an_older_version_is_taken_as_it_is(tmp_path):
     assert loop.run(cfg, log=logged.append) == 0  # nothing reruns, no cluster starts
     assert "took debate, grow, mine, train, eval, report as done" in logged[0] and "every stage of" in logged[1]
     assert json.loads((cfg.run_dir / loop.STATE_FILE).read_text())["version"] == 2
+
+
+def test_a_rerun_with_only_the_evaluation_left_serves_the_trained_model_from_the_start(tmp_path, monkeypatch):
+    """After a crash mid-evaluation the rerun deploys base and trained at once: one deploy, and the app a crashed
+    job left running (same models, same versions) is kept as it is instead of losing its trained model."""
+    import contextlib
+
+    import pbt_ray.runtime
+
+    cfg = cfg_in(tmp_path)
+    served = []
+    monkeypatch.setattr(pbt_ray.runtime, "ray_cluster", lambda cfg, log=print: contextlib.nullcontext())
+    monkeypatch.setattr(loop, "debater_endpoint", lambda c, log=print: served.append(
+        sorted(m.id for m in c.serve.models)) or contextlib.nullcontext("http://app/v1"))
+    monkeypatch.setattr(loop, "debate", lambda cfg, url, q=None: fixture_debate())
+    monkeypatch.setattr(loop, "_grow_and_mine", lambda r, url: [r.done(n) for n in ("grow", "mine")] and True)
+    monkeypatch.setattr(loop, "_train_stage", lambda cfg, attempt, log: (cfg.run_dir / "adapter").mkdir() or {})
+    monkeypatch.setattr("pbt_ray.serving.trained.has_adapter", lambda run_dir: (run_dir / "adapter").is_dir())
+    monkeypatch.setattr(loop, "trained_config", lambda c, log=print: c.model_copy(update={"serve": c.serve.model_copy(
+        update={"models": [*c.serve.models, c.serve.models[0].model_copy(update={"id": "pbt-trained"})]})}))
+    crash = {"eval": True}
+
+    def fake_eval(top, k, cfg, url, log, attempt_key=None):
+        if crash.pop("eval", False):
+            raise KeyboardInterrupt  # the driver dies mid-evaluation
+    monkeypatch.setattr(loop, "_eval_stage", fake_eval)
+    monkeypatch.setattr("pbt_ray.evaluation.report.write_report", lambda run_dir, log=print: None)
+    monkeypatch.setattr(loop, "format_grow_summary", lambda summary, cfg: "")
+    monkeypatch.setattr(loop, "stage_output", lambda top, c, name: f"out-{name}")
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(cfg, log=lambda *_: None)
+    assert served == [["smollm2-135m-instruct"]]  # a fresh run trains first: the base alone
+    assert loop.run(cfg, log=lambda *_: None) == 0
+    assert served[1] == ["pbt-trained", "smollm2-135m-instruct"]  # only eval left: both from the start
