@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", nargs="?", help="run directory [the config's run dir]")
     _add_config_args(p)
 
+    p = sub.add_parser("export", help="a run's adapter (with a model card) and pairs (with a data set card) as a "
+                                      "directory the Hugging Face Hub takes as is")
+    p.add_argument("run_dir", help="the run directory (holds run.yaml, adapter/, preferences/)")
+    p.add_argument("out", help="a new directory to write adapter/ and dataset/ into")
+
     for name, (what, _) in NOT_BUILT.items():
         p = sub.add_parser(name, help=what)
         _add_config_args(p)
@@ -299,6 +304,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _model(args.action)
     if args.command == "plan-train":
         return _plan_train(args)
+    if args.command == "export":
+        from pbt_ray.export import ExportError, export_run
+
+        try:
+            export_run(args.run_dir, args.out)
+        except ExportError as exc:
+            print(f"pbt export: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "config" and args.list_presets:
         print("\n".join(preset_names()))
         return 0
