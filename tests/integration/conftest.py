@@ -39,8 +39,9 @@ def debater_app():
         yield cfg, url
 
 
-# The longest integration test (the main job end to end, or an experiment on two nodes) takes about 10 minutes on
-# 2 cores, and the first test that uses the session app also waits for its engine: 25 minutes means hung.
+# The longest integration tests (the loop through `ray job submit` with its driver killed twice, the main job end to
+# end with training) take about 12 minutes on 2 cores, and the first test that uses the session app also waits for
+# its engine: 25 minutes means hung.
 INTEGRATION_TIMEOUT_S = 1500
 
 
