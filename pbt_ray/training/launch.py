@@ -267,6 +267,7 @@ def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": tcfg.model_dump(mode="json"), "model_path": model_path, "stage": stage,
+                           "tracker_run_name": tracker_run_name(cfg, stage, run_name),
                            "files": ship_files(files), "progress": queue, "samples_dir": samples_dir,
                            "reader": dev_reader(cfg, log)},
         scaling_config=ScalingConfig(num_workers=tcfg.workers(stage), use_gpu=tcfg.use_gpu,
@@ -302,6 +303,12 @@ def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict
     if result.checkpoint is None:
         raise TrainError(f"{stage} finished without a checkpoint; see the worker logs")
     return result
+
+
+def tracker_run_name(cfg: PBTConfig, stage: str, run_name: str) -> str:
+    """The experiment trackers' name of a training run: ``<pbt run>/<stage>/<Ray Train run>``; an experiment cell's
+    config is named after the cell (condition and seed)."""
+    return f"{cfg.name}/{stage}/{run_name}"
 
 
 def tensorboard_dir(cfg: PBTConfig, run_name: str) -> Path:

@@ -271,6 +271,9 @@ def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, sav
         save_strategy="steps" if save else "no", save_steps=tcfg.checkpoint_every, save_total_limit=tcfg.keep_checkpoints,
         logging_steps=tcfg.logging_steps, report_to=list(tcfg.loggers) or "none", disable_tqdm=True,
         ddp_find_unused_parameters=False,
+        # What MLflow / W&B / TensorBoard call the run: the pbt run, the stage and the Ray Train run (whose name
+        # carries the condition and seed in an experiment cell), not the worker's temporary output directory.
+        run_name=config.get("tracker_run_name"),
     )
     if sft:
         args = SFTConfig(**common, max_steps=tcfg.sft_max_steps, completion_only_loss=True)

@@ -57,3 +57,14 @@ def test_the_driver_writes_each_logged_metric_at_its_step(tmp_path):
     assert scalars["dpo/loss"] == [(1, 0.69), (2, 0.61)]
     assert scalars["dpo/rewards/margins"] == [(1, 0.0), (2, 0.12)] and scalars["dpo/eval_loss"] == [(2, 0.65)]
     assert "dpo/step" not in scalars and "dpo/max_steps" not in scalars
+
+
+def test_tracker_runs_are_named_by_run_stage_and_training_run():
+    from trl import DPOConfig
+
+    from pbt_ray.training.launch import tracker_run_name
+
+    cfg = load_config("local", ["name=study"])
+    assert tracker_run_name(cfg, "dpo", "dpo-balanced-seed2-0123456789") == "study/dpo/dpo-balanced-seed2-0123456789"
+    args = DPOConfig(output_dir="/tmp/unused", run_name=tracker_run_name(cfg, "dpo", "r"), report_to="none", use_cpu=True)
+    assert args.run_name == "study/dpo/r"  # what transformers' MLflow / W&B callbacks name the run
