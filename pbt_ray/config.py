@@ -438,8 +438,11 @@ class TrainConfig(_Strict):
         "under <run dir>/tensorboard/<run name>; the driver writes them from rank 0's log lines, so they land in the "
         "run directory wherever the workers ran (`tensorboard --logdir <run dir>/tensorboard`).")
     loggers: list[Literal["mlflow", "wandb", "tensorboard"]] = Field(
-        default_factory=list, description="Experiment trackers (through transformers' integrations); one that is "
-        "not installed is refused before anything starts (pbt installs none of them)."
+        default_factory=list, description="Experiment trackers: mlflow and wandb get one run per pbt run (grow, mine, "
+        "train and eval metrics, the report) with each training run as its own run, logged by the driver "
+        "(pbt_ray/tracking.py; configured from MLFLOW_* / WANDB_* environment variables only; default stores in the "
+        "run directory, W&B offline without WANDB_API_KEY); tensorboard is train.tensorboard. One that is not "
+        "installed is refused before anything starts (pip install 'pbt-ray[mlflow]' / '[wandb]')."
     )
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pbt_ray import tracking
 from pbt_ray.config import GrowConfig, PBTConfig
 from pbt_ray.dialogue.tree import Tree, to_row
 
@@ -210,7 +211,7 @@ def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str 
             f"({', '.join(LOOP_STAGES)}); `pbt run --dry-run` shows the plan")
         return 0
     ok = True
-    with ray_cluster(cfg, log=log):
+    with ray_cluster(cfg, log=log), tracking.session(cfg, log):
         for k in range(1, cfg.rounds + 1):
             verdicts = plan(cfg, states)[k]
             if all(v == "done" for _, v, _ in verdicts):
@@ -340,6 +341,7 @@ class _Round:
         self.state.record(stage_named(self.stages, name), fp, self.config,
                           stage_output(self.top, self.cfg, name), complete, info)
         push_run(self.top, self.log)  # a URI runs_dir: the finished stage leaves the node now
+        tracking.stage_done(name, self.cfg.run_dir, self.top.run_dir, self.k)  # train.loggers: MLflow / W&B
 
 
 def _round(top: PBTConfig, k: int, cfg: PBTConfig, states: dict[int, StageState], verdicts, question: str | None,

@@ -64,7 +64,7 @@ def merged_model(path: str | Path, log=print) -> Path:
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
-    merge_adapter(base, adapter, tmp)
+    merge_adapter(base, adapter, tmp, log=log)
     marker_tmp = tmp / MERGED_MARKER
     marker_tmp.write_text(json.dumps(stamp) + "\n")
     shutil.rmtree(out, ignore_errors=True)

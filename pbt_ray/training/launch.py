@@ -166,6 +166,15 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
     """Run (SFT, then) DPO under Ray Train; returns the final metrics. Must run inside ``ray_cluster``;
     ``plan`` is :func:`prepare`'s result when the caller ran the checks before starting Ray; ``attempt`` > 0
     (the loop's `--from train`) trains afresh instead of resuming a finished run with the same fingerprint."""
+    from pbt_ray import tracking
+
+    if tracking.active() is None and any(name in tracking.DRIVER_TRACKERS for name in cfg.train.loggers):
+        with tracking.session(cfg, log) as trackers:  # `pbt train`, an experiment cell: the run's own tracker run
+            result = train(cfg, pairs, log=log, progress=progress, record_samples=record_samples, plan=plan,
+                           attempt=attempt)
+            trackers.log_metrics(tracking.numeric_leaves(
+                {k: v for k, v in result.items() if k not in ("adapter", "base_model", "merged")}, "train"))
+            return result
     tcfg = cfg.train
     plan = plan or prepare(cfg, pairs, log=log)
     run_name = training_run_name(cfg, plan["files"], plan["model_path"], attempt)
@@ -216,7 +225,7 @@ def _sft_stage(cfg: PBTConfig, plan: dict[str, Any], log, progress: bool, run_na
     with result.checkpoint.as_directory() as directory:
         tmp = merged.with_name(".sft-merged.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        merge_adapter(plan["model_path"], Path(directory), tmp)
+        merge_adapter(plan["model_path"], Path(directory), tmp, log=log)
     (tmp / SFT_MARKER).write_text(json.dumps({"run_name": run_name, "metrics": dict(result.metrics or {})},
                                              default=str) + "\n")
     shutil.rmtree(merged, ignore_errors=True)
@@ -288,13 +297,19 @@ def _fit(cfg: PBTConfig, stage: str, run_name: str, model_path: str, files: dict
 
     thread = threading.Thread(target=fit, name=f"pbt-train-{stage}", daemon=True)
     thread.start()
+    from pbt_ray import tracking
+
     writer = tensorboard_writer(cfg, run_name, log) if tcfg.tensorboard else None
+    trackers = tracking.active()
+    trackers = trackers.child(tracker_run_name(cfg, stage, run_name), cfg) if trackers else None
     try:
-        _show_progress(thread, queue, log, progress, writer)
+        _show_progress(thread, queue, log, progress, writer, trackers)
     finally:
         if writer is not None:
             writer.close()
     thread.join()
+    if trackers is not None:
+        trackers.close(ok="error" not in outcome)
     with contextlib.suppress(Exception):
         ray.kill(queue.actor)
     if "error" in outcome:
@@ -326,8 +341,10 @@ def tensorboard_writer(cfg: PBTConfig, run_name: str, log=print):
     return SummaryWriter(logdir=str(tensorboard_dir(cfg, run_name)), flush_secs=10)
 
 
-def _show_progress(thread: threading.Thread, queue, log, progress: bool, writer=None) -> None:
+def _show_progress(thread: threading.Thread, queue, log, progress: bool, writer=None, trackers=None) -> None:
     from tqdm.auto import tqdm
+
+    from pbt_ray import tracking
 
     bar = None
     shown = {"loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies", "learning_rate"}
@@ -336,10 +353,13 @@ def _show_progress(thread: threading.Thread, queue, log, progress: bool, writer=
             item = queue.get(timeout=1.0)
         except Exception:  # noqa: BLE001 - Empty, or the queue actor is gone after fit
             continue
+        scalars = {f"{item.get('stage', 'train')}/{key}": value for key, value in item.items()
+                   if key not in ("step", "max_steps", "stage") and isinstance(value, (int, float))}
         if writer is not None:  # e.g. dpo/loss, dpo/rewards/margins, dpo/eval_loss at the optimizer step
-            for key, value in item.items():
-                if key not in ("step", "max_steps", "stage") and isinstance(value, (int, float)):
-                    writer.add_scalar(f"{item.get('stage', 'train')}/{key}", value, item.get("step", 0))
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, item.get("step", 0))
+        if trackers is not None:  # MLflow / W&B: the training run's own tracker run
+            trackers.log_metrics(tracking.numeric_leaves(scalars), item.get("step", 0))
         if progress and bar is None and item.get("max_steps"):
             bar = tqdm(total=item["max_steps"], desc=f"training ({item['stage']})", unit="step")
         if bar is not None:
@@ -369,18 +389,31 @@ def export(checkpoint, cfg: PBTConfig, metrics: dict[str, Any], log=print, base_
     (out / "pbt_base_model.txt").write_text(result["base_model"] + "\n")  # what the adapter applies to (SFT-merged or base)
     if cfg.train.merge:
         base = base_model or resolve_model_path(cfg.train.base_model)
-        result["merged"] = str(merge_adapter(base, out, cfg.run_dir / "merged"))
+        result["merged"] = str(merge_adapter(base, out, cfg.run_dir / "merged", log=log))
         log(f"[pbt] merged model in {result['merged']}")
     return result
 
 
-def merge_adapter(base: str, adapter: Path, out: Path) -> Path:
+def merge_adapter(base: str, adapter: Path, out: Path, log=None) -> Path:
+    """The adapter merged into ``base``, saved to ``out``; each step logged with its time (a 70B base takes
+    minutes to load and to save)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload()
+    started = time.monotonic()
+
+    def step(what: str) -> None:
+        if log is not None:
+            log(f"[pbt] merge: {what} ({time.monotonic() - started:.0f} s)")
+
+    step(f"loading the base {base}")
+    model = AutoModelForCausalLM.from_pretrained(base)
+    step("loaded; applying and merging the adapter")
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    step(f"merged; saving to {out}")
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    step("saved")
     return out
 
 

@@ -269,10 +269,11 @@ def build_dpo_trainer(config: dict[str, Any], rank: int, callbacks: list, *, sav
         gradient_checkpointing=tcfg.gradient_checkpointing,
         deepspeed=deepspeed_config(tcfg.zero_stage, tcfg.offload_optimizer, tcfg.offload_params),
         save_strategy="steps" if save else "no", save_steps=tcfg.checkpoint_every, save_total_limit=tcfg.keep_checkpoints,
-        logging_steps=tcfg.logging_steps, report_to=list(tcfg.loggers) or "none", disable_tqdm=True,
+        logging_steps=tcfg.logging_steps, report_to="none", disable_tqdm=True,
         ddp_find_unused_parameters=False,
-        # What MLflow / W&B / TensorBoard call the run: the pbt run, the stage and the Ray Train run (whose name
-        # carries the condition and seed in an experiment cell), not the worker's temporary output directory.
+        # Trackers are fed by the driver from rank 0's log lines (pbt_ray.tracking, TensorBoard in launch), so
+        # metrics leave the workers wherever they run and workers need no tracker credentials; the run name is the
+        # one the driver's tracker runs carry: <pbt run>/<stage>/<Ray Train run>, not the worker's temp dir.
         run_name=config.get("tracker_run_name"),
     )
     if sft:

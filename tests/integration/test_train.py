@@ -54,7 +54,8 @@ def read_segments(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def zero2_run(pairs_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    cfg = load_config("local", [f"runs_dir={runs}", "name=zero2", *BASE])
+    # MLflow and W&B too (issue 17): a local sqlite store in the run directory, W&B offline (no API key here).
+    cfg = load_config("local", [f"runs_dir={runs}", "name=zero2", *BASE, "train.loggers=[mlflow,wandb]"])
     with ray_cluster(cfg):
         metrics = train(cfg, str(pairs_dir), progress=False, record_samples=True, log=lambda *_: None)
     return cfg, metrics
@@ -82,6 +83,21 @@ def test_zero2_two_workers_lora_adapter_changes_the_model(zero2_run, pairs_dir):
     assert [step for step, _ in scalars["dpo/loss"]] == list(range(1, STEPS + 1))
     assert [value for _, value in scalars["dpo/loss"]] == pytest.approx(losses, rel=1e-5)
     assert "dpo/eval_balanced_accuracy" in scalars
+    # The same run in MLflow, read back through MLflow's client: the pbt run, and the training run as its child.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cfg.run_dir / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pbt-ray").experiment_id])
+    child = next(r for r in runs if r.info.run_name == f"zero2/dpo/{metrics['run_name']}")
+    parent = next(r for r in runs if r.info.run_name == "zero2")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    history = client.get_metric_history(child.info.run_id, "dpo/loss")
+    assert [m.step for m in history] == list(range(1, STEPS + 1))
+    assert [m.value for m in history] == pytest.approx(losses, rel=1e-5)
+    assert parent.data.metrics["train/global_step"] == STEPS
+    # W&B's offline run files: the pbt run and its training run, holding the loss series' key.
+    offline = sorted((cfg.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 2 and any(b"dpo/loss" in path.read_bytes() for path in offline)
 
     base_dir = resolve_model_path("embedded")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
