@@ -73,8 +73,8 @@ def check_trained_run(run, suites=SUITES) -> None:
 
 def test_pbt_run_trains_serves_and_evaluates_the_trained_model(tmp_path):
     run = tmp_path / "smoke"
-    proc = subprocess.run(pbt_run(tmp_path, f"serve.port={free_port()}"), capture_output=True, text=True,
-                          timeout=1200, env=ENV)
+    proc = subprocess.run(pbt_run(tmp_path, f"serve.port={free_port()}", "train.loggers=[mlflow]"),
+                          capture_output=True, text=True, timeout=1200, env=ENV)
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     # The demo debate, printed turn by turn, each turn with what the answer instrument read in it.
@@ -102,6 +102,20 @@ def test_pbt_run_trains_serves_and_evaluates_the_trained_model(tmp_path):
     pairs = load_dataset("parquet", data_files=str(run / "preferences" / "pairs" / "train.parquet"), split="train")
     assert len(pairs) == sum(mined["selected"]["train"].values()) and {"chosen", "rejected"} <= set(pairs.column_names)
     check_trained_run(run)
+    # MLflow (train.loggers, issue 17): one run named after the pbt run holds its grow, mine and eval metrics and the
+    # report; the DPO run is its child, with the loss series. Read back through MLflow's client.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pbt-ray").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "smoke")
+    logged = parent.data.metrics
+    assert logged["round-1/grow/grown"] == len(chosen) and logged["round-1/grow/failed"] == 0
+    assert any(k.startswith("round-1/mine/") for k in logged) and "round-1/train/global_step" in logged
+    assert {k.split("/")[1] for k in logged if k.startswith("eval/")} == {"base", "trained"}
+    assert "report/report.html" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+    child = next(r for r in runs if r.info.run_name.startswith("smoke/dpo/"))
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and "dpo/loss" in child.data.metrics
     record = [json.loads(line) for line in (run / "runs.jsonl").read_text().splitlines()]
     assert record[-1]["command"] == "run" and record[-1]["packages"]["vllm"] and (run / "run.yaml").is_file()
 
