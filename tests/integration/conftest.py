@@ -32,6 +32,11 @@ def debater_app():
     cfg = load_config(spec.args["config"], [*spec.args["overrides"], f"serve.port={port}", "serve.ready_timeout_s=900"])
     module, attr = spec.import_path.split(":")
     builder = getattr(import_module(module), attr)
+    import ray
+
+    # ray_cluster would join a cluster something else left in this process (sized for that, not for the app):
+    # the ingress would wait for a CPU until the timeout. Say so at once.
+    assert not ray.is_initialized(), "a Ray cluster is already running in the test process; an earlier test left it"
     with ray_cluster(cfg):
         serve.start(http_options={"host": schema.http_options.host, "port": port})
         _submit(builder(spec.args), name=spec.name, route_prefix=spec.route_prefix)

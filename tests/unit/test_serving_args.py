@@ -119,10 +119,16 @@ def test_the_ingress_admits_what_the_engines_hold_and_bounds_the_queue():
     assert endpoint["ingress_deployment_config"]["max_ongoing_requests"] == peak
 
 
-def test_adding_the_trained_model_keeps_the_debaters_deployment_versions(tmp_path):
+def test_adding_the_trained_model_keeps_the_debaters_deployment_versions(tmp_path, monkeypatch):
     """Serve restarts a deployment whose version changes and gives an unversioned one a random version per deploy:
     every deployment gets a digest of what it runs, so adding the trained model restarts only the ingress."""
+    import types
+
+    import ray
     from ray.serve.llm import build_openai_app
+
+    # ray.serve.llm's builder reads the driver's runtime env, which would start a Ray cluster here (no Ray in unit tests).
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: types.SimpleNamespace(runtime_env={}))
 
     from pbt_ray.serving.app import deployment_versions, with_stable_versions
     from pbt_ray.serving.trained import with_trained_model
