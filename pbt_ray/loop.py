@@ -341,7 +341,9 @@ class _Round:
         self.state.record(stage_named(self.stages, name), fp, self.config,
                           stage_output(self.top, self.cfg, name), complete, info)
         push_run(self.top, self.log)  # a URI runs_dir: the finished stage leaves the node now
-        tracking.stage_done(name, self.cfg.run_dir, self.top.run_dir, self.k)  # train.loggers: MLflow / W&B
+        # train.loggers: MLflow / W&B get what the stage left (its eval: only the models this round evaluated)
+        tracking.stage_done(name, self.cfg.run_dir, self.top.run_dir, self.k,
+                            ("base", eval_label(1)) if self.k == 1 else (eval_label(self.k),))
 
 
 def _round(top: PBTConfig, k: int, cfg: PBTConfig, states: dict[int, StageState], verdicts, question: str | None,

@@ -233,8 +233,10 @@ def _load(path: Path) -> Any:
         return None
 
 
-def stage_outputs(stage: str, round_dir: Path, run_dir: Path, k: int) -> tuple[dict[str, float], int]:
-    """The metrics a finished stage left on disk, keyed for the tracker, and the step they belong to (the round)."""
+def stage_outputs(stage: str, round_dir: Path, run_dir: Path, k: int,
+                  eval_labels: tuple[str, ...] = ()) -> tuple[dict[str, float], int]:
+    """The metrics a finished stage left on disk, keyed for the tracker, and the step they belong to (the round).
+    ``eval_labels``: the models this round's eval stage evaluated (earlier rounds' were logged by their rounds)."""
     if stage == "grow":
         return numeric_leaves(_load(round_dir / "grow_summary.json") or {}, f"round-{k}/grow"), k
     if stage == "mine":
@@ -245,17 +247,19 @@ def stage_outputs(stage: str, round_dir: Path, run_dir: Path, k: int) -> tuple[d
         metrics: dict[str, float] = {}
         for path in sorted((run_dir / "eval").glob("*/*/metrics.json")):
             model, suite = path.parent.parent.name, path.parent.name
+            if model not in eval_labels:
+                continue
             metrics.update(numeric_leaves(_load(path) or {}, f"eval/{model}/{suite}"))
         return metrics, k
     return {}, k
 
 
-def stage_done(stage: str, round_dir: Path, run_dir: Path, k: int) -> None:
+def stage_done(stage: str, round_dir: Path, run_dir: Path, k: int, eval_labels: tuple[str, ...] = ()) -> None:
     """Log what a finished stage left to the active tracker runs (no-op without any)."""
     trackers = _active
     if trackers is None:
         return
-    metrics, step = stage_outputs(stage, round_dir, run_dir, k)
+    metrics, step = stage_outputs(stage, round_dir, run_dir, k, eval_labels)
     trackers.log_metrics(metrics, step)
     if stage == "report":
         trackers.log_artifacts(run_dir / "report", "report")

@@ -38,6 +38,9 @@ def plant_round(run_dir: Path) -> None:
     suite.mkdir(parents=True)
     (suite / "metrics.json").write_text(json.dumps({"n": 2, "accuracy_after": {"value": 0.5, "ci95": [0.1, 0.9]},
                                                     "complete": True}))
+    later = run_dir / "eval" / "trained-round-2" / "are-you-sure"
+    later.mkdir(parents=True)
+    (later / "metrics.json").write_text(json.dumps({"n": 2}))
     (run_dir / "report").mkdir()
     (run_dir / "report" / "report.html").write_text("<html></html>")
 
@@ -58,7 +61,7 @@ def log_a_round(cfg, logs) -> None:
             tracking.stage_done(stage, cfg.run_dir, cfg.run_dir, 1)
         run_training(cfg, trackers)
         for stage in ("train", "eval", "report"):
-            tracking.stage_done(stage, cfg.run_dir, cfg.run_dir, 1)
+            tracking.stage_done(stage, cfg.run_dir, cfg.run_dir, 1, ("base", "trained"))
     assert tracking.active() is None
 
 
@@ -104,6 +107,7 @@ def test_mlflow_gets_the_run_its_stages_and_its_training_run(tmp_path, clean_env
     assert metrics["round-1/mine/pairs/resist"] == 3 and metrics["round-1/train/global_step"] == 2
     assert metrics["eval/trained/are-you-sure/accuracy_after/value"] == 0.5
     assert metrics["eval/trained/are-you-sure/accuracy_after/ci95_lo"] == 0.1
+    assert not any(k.startswith("eval/trained-round-2/") for k in metrics)  # another round's: logged by that round
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "report")] == ["report/report.html"]
     assert {r.info.run_name for r in children} == {"study/dpo/dpo-abc"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
