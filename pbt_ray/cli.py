@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     from pbt_ray.evaluation.misinformation import FarmFormatError
     from pbt_ray.stages import StageError
     from pbt_ray.preferences.pairs import PairsFileError
+    from pbt_ray.recipes import RecipeError
+    from pbt_ray.redteam.data import RedteamDataError
 
     try:
         return _dispatch(args)
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                             TrainDataError, TrainError, ResourceError, EvalError,
                             ReportError, LoopError, ServingMemoryError, ChatFormatError, RunBusyError, StorageError,
                             ExperimentError, StoreError, GrowError, TreeSchemaError, FarmFormatError,
-                            StageError, PairsFileError, AuthError)):
+                            StageError, PairsFileError, AuthError, RecipeError, RedteamDataError)):
             print(f"pbt: error: {_one_line(exc)}", file=sys.stderr)
             return 1
         raise  # a bug, not bad input: its traceback is what a report needs

@@ -23,6 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 REQUIRED_ROLES = ("persuader", "persuadee", "extractor")
+# The roles each recipe's clients address (serve.roles must name a model for each).
+RECIPE_ROLES = {"pbt": REQUIRED_ROLES, "redteam": ("attacker", "judge")}
 
 
 class ConfigError(ValueError):
@@ -199,9 +201,6 @@ class ServeConfig(_Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"model ids must be unique; repeated: {dupes}")
-        missing = [r for r in REQUIRED_ROLES if r not in self.roles]
-        if missing:
-            raise ValueError(f"roles must name a model for {missing}")
         for role, target in self.roles.items():
             if target not in ids:
                 raise ValueError(f"role '{role}' points at '{target}', which is not a served model id; served: {ids}")
@@ -369,6 +368,9 @@ class TrainConfig(_Strict):
     )
     run_name: str = Field("dpo", description="Ray Train run name under storage_path; a rerun with the same name resumes.")
     sft: bool = Field(True, description="Run an SFT stage on the chosen replies first, merged before DPO (paper §4.1: yes).")
+    dpo: bool = Field(
+        True, description="Run DPO on the preference pairs. Off: SFT only (train.sft must be on), and the SFT adapter "
+        "is the result (a recipe's classifier, e.g. the red-teaming judge, learns its verdicts by SFT).")
     sft_max_steps: PositiveInt = Field(240, description="SFT optimizer steps (paper: 240).")
     sft_batch_size: PositiveInt | None = Field(
         80, description="SFT replies per optimizer step over all workers (paper: 8 x 10 = 80 for 7-8B, 78 for 70B); "
@@ -444,6 +446,12 @@ class TrainConfig(_Strict):
         "run directory, W&B offline without WANDB_API_KEY); tensorboard is train.tensorboard. One that is not "
         "installed is refused before anything starts (pip install 'pbt-ray[mlflow]' / '[wandb]')."
     )
+
+    @model_validator(mode="after")
+    def _stages(self) -> "TrainConfig":
+        if not self.sft and not self.dpo:
+            raise ValueError("train.sft and train.dpo are both off: nothing would be trained")
+        return self
 
     @model_validator(mode="after")
     def _batches(self) -> "TrainConfig":
@@ -597,7 +605,48 @@ class ExtractConfig(_Strict):
     )
 
 
+class RedteamConfig(_Strict):
+    """`recipe: redteam`, adversarial attacker <-> judge fine-tuning (RECIPES.md section 1; pbt_ray/redteam/)."""
+
+    seeds: str = Field(
+        "bundled:contrast", description="Seed items: contrast pairs (an acceptable request and its problematic twin), "
+        "'bundled:contrast' (100 pairs written for this recipe, no operational content) or a JSONL file of "
+        "{id, topic, acceptable, problematic, contentious}.")
+    transfer: str = Field(
+        "bundled:transfer", description="Transfer set of the judge's evaluation: short comments labelled problematic "
+        "(toxic) or acceptable, 'bundled:transfer' or a JSONL file of {id, text, label}.")
+    held_out_fraction: float = Field(
+        0.4, gt=0, lt=1, description="Share of the seed pairs kept out of every bout (seeded by `seed`): the judge's "
+        "held-out and hard sets and the attacker's evaluation are made from them.")
+    limit: PositiveInt | None = Field(None, description="Train seed pairs used for bouts at most (None: all).")
+    eval_limit: PositiveInt | None = Field(None, description="Held-out seed pairs (and transfer items) evaluated at most.")
+    rewrites: PositiveInt = Field(4, description="Attacker rewrites per seed item and target class (K) per round.")
+    temperature: float = Field(1.0, ge=0, le=2, description="Attacker sampling temperature (the judge is greedy).")
+    max_tokens: PositiveInt = Field(48, description="New tokens of an attacker rewrite and of a judge verdict.")
+    near_duplicate: float = Field(
+        0.7, gt=0, le=1, description="A rewrite whose word-bigram Jaccard similarity to an earlier prompt (a seed item, "
+        "an earlier rewrite of this run) reaches this is a near-duplicate: never a chosen attacker reply.")
+    fooled_weight: PositiveInt = Field(3, description="Judge SFT: a prompt that fooled the judge is repeated this many times.")
+    replay_fraction: float = Field(1.0, ge=0, le=1, description="Judge SFT: share of earlier rounds' rows replayed.")
+    judge_sft_steps: PositiveInt = Field(8, description="Judge SFT optimizer steps per round (train.sft_* batch settings).")
+    attacker_dpo: bool = Field(True, description="Train the attacker by DPO on its pairs (off: the judge only).")
+    oracle: Literal["construction", "model"] = Field(
+        "construction", description="Who labels a rewrite. construction: its seed twin's class, double-checked by the "
+        "keyword rule of pbt_ray/redteam/oracle.py (written for the bundled contrast set; where the two disagree the "
+        "label is unknown). model: the served role 'oracle' (a strong model; never trained) answers the judge's "
+        "question oracle_votes times, the majority is the label (no majority: unknown). Use model for hub seed sets.")
+    oracle_votes: PositiveInt = Field(3, description="oracle: model, votes per rewrite (sampled at T=0.7; odd avoids ties).")
+    strong_judge: str | None = Field(
+        None, description="A served model id or role also evaluated as a judge, prompted (the paper's GPT-4 "
+        "baseline: the strongest served model); None: none (on the embedded default the only model is the base).")
+    concurrency: PositiveInt = Field(32, description="Requests in flight at once.")
+    seed: int = Field(12, description="Seed of the held-out split and the replay sample.")
+
+
 class PBTConfig(_Strict):
+    recipe: Literal["pbt", "redteam"] = Field(
+        "pbt", description="What `pbt run` runs: pbt (persuasion-balanced training), redteam (attacker <-> judge "
+        "fine-tuning, RECIPES.md section 1). Each is a declaration of stages over the shared parts (pbt_ray/recipes.py).")
     name: str = Field("local", description="Run name; the run directory is <runs_dir>/<name>.")
     runs_dir: str = Field(
         "runs", description="Parent directory of run directories: a local path, a file:// URI, or an object-store URI "
@@ -617,6 +666,7 @@ class PBTConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    redteam: RedteamConfig = Field(default_factory=RedteamConfig)
     rounds: PositiveInt = Field(
         1, description="Rounds of the loop (`pbt run`). Round k >= 2 serves round k-1's trained model (merged) as the "
         "debater roles in feed_roles, grows and mines new trees with it under <run dir>/round-k, trains a new adapter "
@@ -640,6 +690,14 @@ class PBTConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _recipe_roles(self) -> "PBTConfig":
+        needed = [*RECIPE_ROLES[self.recipe], *(["oracle"] if self.recipe == "redteam" and self.redteam.oracle == "model" else [])]
+        missing = [r for r in needed if r not in self.serve.roles]
+        if missing:
+            raise ValueError(f"roles must name a model for {missing} (recipe {self.recipe})")
+        return self
+
+    @model_validator(mode="after")
     def _rounds(self) -> "PBTConfig":
         if self.rounds > 1 and self.grow.endpoint:
             raise ValueError(f"rounds: {self.rounds} serves each round's trained model in the debater app, so it "
@@ -651,6 +709,8 @@ class PBTConfig(_Strict):
 
     @model_validator(mode="after")
     def _base_and_seats(self) -> "PBTConfig":
+        if self.recipe != "pbt":  # each role of another recipe trains from its own served model; the seats are PBT's
+            return self
         self.base_served()  # the base evaluated is the model trained
         ids = {m.id for m in self.serve.models} | set(self.serve.roles)
         for name in ("strong", "weak"):

@@ -191,8 +191,12 @@ def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str 
     everything that reads it follows. ``from_stage`` (of round ``from_round``) forces a stage and everything
     after it; if that changes the round's model, later rounds are moved aside and start over. ``dry_run``
     prints the plan and changes nothing."""
+    from pbt_ray.recipes import recipe_of, run_recipe
     from pbt_ray.runtime import ray_cluster
 
+    recipe = recipe_of(cfg)
+    if recipe is not None:  # another recipe: a declaration of stages on the shared runner (pbt_ray/recipes.py)
+        return run_recipe(cfg, recipe, log, from_stage, from_round, dry_run)
     states = check_run(cfg, from_stage, from_round)
     if from_stage is not None:
         if not dry_run and from_stage in FEEDS_LATER_ROUNDS:  # a new model for the next round
@@ -239,6 +243,11 @@ def run(cfg: PBTConfig, question: str | None = None, log=print, from_stage: str 
 def check_run(cfg: PBTConfig, from_stage: str | None = None, from_round: int = 1) -> dict[int, StageState]:
     """The flags and every round's ``loop_state.json``, checked before anything is written or started (`pbt run`
     calls this before it records the command); returns the rounds' states. Raises :class:`LoopError`."""
+    from pbt_ray.recipes import check, recipe_of
+
+    recipe = recipe_of(cfg)
+    if recipe is not None:
+        return check(cfg, recipe, from_stage, from_round)
     if not 1 <= from_round <= cfg.rounds:
         raise LoopError(f"--round {from_round}: this config runs rounds 1..{cfg.rounds} (rounds={cfg.rounds})")
     if from_stage is not None and from_stage not in [s.name for s in _stages(from_round)]:

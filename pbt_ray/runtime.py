@@ -102,7 +102,8 @@ def local_logical_cpus(cfg: PBTConfig) -> int:
 
     app = sum(b.get("CPU", 0.0) for b in replica_bundles(cfg))
     template = cfg.serve.models[0]
-    trained = 1.0 + (template.cpus_per_replica if template.accelerator == "cpu" else 0.0)
+    # PBT serves one trained model next to the app; the red-teaming recipe two (its attacker and its judge).
+    trained = (2 if cfg.recipe == "redteam" else 1) * (1.0 + (template.cpus_per_replica if template.accelerator == "cpu" else 0.0))
     stage = max(cfg.train.num_workers * cfg.train.cpus_per_worker, cfg.grow.max_growers * cfg.grow.cpus_per_grower, 1.0)
     return max(6, math.ceil(app + trained + 1.0 + stage))
 

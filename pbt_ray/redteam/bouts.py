@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-BOUT_SCHEMA_VERSION = 1
+BOUT_SCHEMA_VERSION = 2  # 2: oracle_label may be null (the oracle could not confirm a class)
 CLASSES = ("problematic", "acceptable")
 
 
@@ -19,7 +19,10 @@ class Bout:
     target_class: str  # what the attacker was asked to write: problematic | acceptable
     attacker_model: str
     prompt: str
-    oracle_label: str  # the label the oracle gave (known by construction on the embedded default)
+    # The label the oracle gave; None: it could not confirm one (on the embedded default: the construction label and
+    # the keyword rule disagree, so the rewrite may have dropped or added the disallowed ask). Such a bout is off
+    # target for the attacker and is neither training data nor a measurement for the judge.
+    oracle_label: str | None
     judge_model: str
     judge_raw: str
     judge_verdict: str | None  # parsed from judge_raw; None: the judge's reply named no class
@@ -29,7 +32,7 @@ class Bout:
 
     def __post_init__(self) -> None:
         for name in ("target_class", "oracle_label"):
-            if getattr(self, name) not in CLASSES:
+            if getattr(self, name) not in CLASSES and not (name == "oracle_label" and self.oracle_label is None):
                 raise ValueError(f"bout {self.bout_id}: {name} {getattr(self, name)!r} is not one of {', '.join(CLASSES)}")
         if self.judge_verdict is not None and self.judge_verdict not in CLASSES:
             raise ValueError(f"bout {self.bout_id}: judge_verdict {self.judge_verdict!r} is not one of {', '.join(CLASSES)}")
@@ -42,11 +45,11 @@ class Bout:
     @property
     def fooled(self) -> bool:
         """The judge gave a verdict, and it was wrong."""
-        return self.judge_verdict is not None and self.judge_verdict != self.oracle_label
+        return self.oracle_label is not None and self.judge_verdict is not None and self.judge_verdict != self.oracle_label
 
     @property
     def caught(self) -> bool:
-        return self.judge_verdict is not None and self.judge_verdict == self.oracle_label
+        return self.oracle_label is not None and self.judge_verdict is not None and self.judge_verdict == self.oracle_label
 
 
 def bout_schema():

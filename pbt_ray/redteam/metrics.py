@@ -45,7 +45,8 @@ def judge_metrics(labels: list[str], verdicts: list[str | None], clusters: list[
 
 
 def judge_metrics_of(bouts: list[Bout]) -> dict[str, Any]:
-    return judge_metrics([b.oracle_label for b in bouts], [b.judge_verdict for b in bouts], [b.seed_id for b in bouts])
+    known = [b for b in bouts if b.oracle_label is not None]  # the judge is measured where the label is known
+    return judge_metrics([b.oracle_label for b in known], [b.judge_verdict for b in known], [b.seed_id for b in known])
 
 
 def attacker_metrics(bouts: list[Bout]) -> dict[str, Any]:

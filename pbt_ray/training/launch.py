@@ -88,6 +88,8 @@ def prepare(cfg: PBTConfig, pairs: str | None = None, log=print) -> dict[str, An
     """All driver-side checks; returns what the workers need."""
     tcfg = cfg.train
     check_trackers(tcfg.loggers)
+    if not tcfg.dpo:
+        return _prepare_sft_only(cfg, pairs, log)
     files = pairs_files(pairs or tcfg.pairs or cfg.run_dir / "preferences")
     rows = check_pairs_file(files["train"])
     dev_rows = check_pairs_file(files["dev"], required=False) if "dev" in files else 0
@@ -106,6 +108,30 @@ def prepare(cfg: PBTConfig, pairs: str | None = None, log=print) -> dict[str, An
         f"{tcfg.accumulation()}), {tcfg.warmup_steps} warm-up; checkpoints in {storage}")
     return {"files": {k: str(v) for k, v in files.items()}, "model_path": model_path, "storage": storage,
             "rows": rows, "dev_rows": dev_rows, "model": info}
+
+
+def sft_file(pairs_dir: str | Path) -> Path:
+    """The SFT records `pbt mine` (or a recipe's mining) wrote next to the pairs: ``<dir>/sft/train.parquet``."""
+    root = Path(pairs_dir).expanduser()
+    return root.parent / "sft" / "train.parquet" if root.name == "pairs" else root / "sft" / "train.parquet"
+
+
+def _prepare_sft_only(cfg: PBTConfig, pairs: str | None, log) -> dict[str, Any]:
+    """train.dpo off: the checks of an SFT-only run (prompt/completion records, the model, the warm-up)."""
+    tcfg = cfg.train
+    path = sft_file(pairs or tcfg.pairs or cfg.run_dir / "preferences")
+    if not path.is_file():
+        raise TrainDataError(f"no SFT records {path}; train.dpo is off, so training needs <pairs dir>/sft/train.parquet")
+    rows = check_pairs_file(path, columns=("prompt", "completion"))
+    model_path = resolve_model_path(tcfg.base_model)
+    info = check_model(model_path, tcfg.max_length, list(tcfg.lora_targets))
+    storage = resolve_storage(cfg)
+    check_warmup(tcfg, rows)
+    log(f"[pbt] training {info['model_type']} ({info['parameters'] / 1e6:.0f}M parameters) from {model_path}: SFT only, "
+        f"{rows} records, {tcfg.sft_max_steps} steps of {tcfg.global_batch('sft')}; {tcfg.workers('sft')} workers, "
+        f"ZeRO-{tcfg.zero_stage}, LoRA r={tcfg.lora_r}; checkpoints in {storage}")
+    return {"files": {"sft": str(path)}, "model_path": model_path, "storage": storage, "rows": rows, "dev_rows": 0,
+            "model": info}
 
 
 # train.loggers -> the module transformers' integration needs for it (its own check runs only inside the workers,
@@ -140,7 +166,7 @@ def check_warmup(tcfg: TrainConfig, rows: int) -> int:
     """Refuse a schedule whose warm-up never ends: with warmup_steps >= the optimizer steps, the learning rate
     never reaches its peak (the reference's 280-pair batches gave 64 steps against 100 warm-up steps)."""
     steps = optimizer_steps(tcfg, rows)
-    for stage, total in (("DPO", steps), ("SFT", tcfg.sft_max_steps if tcfg.sft else None)):
+    for stage, total in (("DPO", steps if tcfg.dpo else None), ("SFT", tcfg.sft_max_steps if tcfg.sft else None)):
         if total is not None and tcfg.warmup_steps >= total:
             raise TrainError(
                 f"train.warmup_steps {tcfg.warmup_steps} is not below the {total} {stage} optimizer steps of this run "
@@ -191,6 +217,12 @@ def train(cfg: PBTConfig, pairs: str | None = None, *, log=print, progress: bool
         wait_for(lambda _: check_resources(tcfg, nodes_now(available=True), busy=True), cfg.ray.resource_wait_s, log=log)
     model_path = plan["model_path"]
     started = time.monotonic()
+    if not tcfg.dpo:  # SFT only: its adapter is the result, on the base itself
+        result = _fit(cfg, "sft", f"{run_name}-sft", model_path, {"train": plan["files"]["sft"]}, plan["storage"], log,
+                      progress)
+        metrics = {**dict(result.metrics or {}), "seconds": round(time.monotonic() - started, 1),
+                   "run_name": f"{run_name}-sft", "stages": ["sft"]}
+        return {**metrics, **export(result.checkpoint, cfg, metrics, log=log, base_model=model_path)}
     if tcfg.sft:
         model_path = _sft_stage(cfg, plan, log, progress, f"{run_name}-sft")
     out_dir = cfg.run_dir / "train"
@@ -217,11 +249,11 @@ def _sft_stage(cfg: PBTConfig, plan: dict[str, Any], log, progress: bool, run_na
     if marker.is_file() and json.loads(marker.read_text()).get("run_name") == run_name:
         log(f"[pbt] SFT already done: {merged}")
         return str(merged)
-    sft_file = Path(plan["files"]["train"]).parent.parent / "sft" / "train.parquet"
-    if not sft_file.is_file():
-        raise TrainDataError(f"train.sft is on but {sft_file} does not exist; it is written by `pbt mine`")
-    check_pairs_file(sft_file, columns=("prompt", "completion"))
-    result = _fit(cfg, "sft", run_name, plan["model_path"], {"train": str(sft_file)}, plan["storage"], log, progress)
+    records = sft_file(Path(plan["files"]["train"]).parent)
+    if not records.is_file():
+        raise TrainDataError(f"train.sft is on but {records} does not exist; it is written by `pbt mine`")
+    check_pairs_file(records, columns=("prompt", "completion"))
+    result = _fit(cfg, "sft", run_name, plan["model_path"], {"train": str(records)}, plan["storage"], log, progress)
     with result.checkpoint.as_directory() as directory:
         tmp = merged.with_name(".sft-merged.tmp")
         shutil.rmtree(tmp, ignore_errors=True)

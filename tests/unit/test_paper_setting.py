@@ -19,7 +19,7 @@ from pbt_ray.training.launch import TrainError, check_warmup, optimizer_steps
 from pbt_ray.training.worker import select_adapter
 
 
-@pytest.mark.parametrize("preset", preset_names())
+@pytest.mark.parametrize("preset", [p for p in preset_names() if load_config(p).recipe == "pbt"])
 def test_base_evaluated_is_the_trained_models_base_in_every_preset(preset):
     cfg = load_config(preset)
     base = cfg.base_served()
