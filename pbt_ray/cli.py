@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    run_dir = getattr(args, "run_dir", None)
+    if args.command == "report" and run_dir and "=" in run_dir and not Path(run_dir).exists():
+        # `pbt report -c local runs_dir=x`: the optional positional took the override
+        args.overrides, args.run_dir = [run_dir, *args.overrides], None
     from pbt_ray.config import ConfigError
     from pbt_ray.models import ModelError
     from pbt_ray.evaluation.report import ReportError
@@ -380,6 +384,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from pbt_ray.evaluation.report import write_report
 
+        if cfg.recipe == "redteam":  # another recipe's report: its own tables (pbt_ray/evaluation/tables.py)
+            from pbt_ray.redteam.evaluate import write_redteam_report
+
+            write_redteam_report(cfg.model_copy(update={"runs_dir": str(Path(args.run_dir).parent), "name": Path(
+                args.run_dir).name}) if args.run_dir else cfg)
+            return 0
         write_report(args.run_dir or cfg.run_dir)
         return 0
     if args.command == "bench":

@@ -78,6 +78,10 @@ def _plot(section: dict[str, Any]) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _cls(cell: Any) -> str:
+    return " class='num'" if isinstance(cell, dict) else ""  # an estimate stays on one line; text wraps
+
+
 def render_html(title: str, sections: list[dict[str, Any]], notes: list[str]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -88,8 +92,8 @@ def render_html(title: str, sections: list[dict[str, Any]], notes: list[str]) ->
             parts.append(f"<p class='note'>{html.escape(section['note'])}</p>")
         head = "".join(f"<th>{html.escape(c)}</th>" for c in section["columns"])
         body = "".join("<tr><td>" + html.escape(r["label"]) + "</td>" + "".join(
-            f"<td class='num'>{html.escape(format_cell(r['cells'].get(c)))}</td>" for c in section["columns"]) + "</tr>"
-            for r in section["rows"])
+            f"<td{_cls(r['cells'].get(c))}>{html.escape(format_cell(r['cells'].get(c)))}</td>" for c in section["columns"])
+            + "</tr>" for r in section["rows"])
         parts.append(f"<table><tr><th></th>{head}</tr>{body}</table>")
         png = _plot(section) if section.get("plot", True) else None
         if png:

@@ -136,13 +136,17 @@ def evaluate_round(cfg: PBTConfig, scfg: PBTConfig, url: str, k: int, log=print)
                 _write(top / label / "attack", rows, {**summary, "attacker": attacker, "round": k})
                 log(f"[pbt] eval {label}: fools the round-1 judge {_fmt(summary['fool_rate_frozen'])}, the current "
                     f"judge ({current_judge}) {_fmt(summary['fool_rate_current'])}; on target "
-                    f"{_fmt(summary['validity'])}, distinct-2 {summary['distinct_2']}")
+                    f"{_fmt(summary['validity'])}, distinct-2 {_num(summary['distinct_2'])}")
         finally:
             await raw.close()
 
     asyncio.run(go())
     return {"judges": [j for j, _ in judges], "attackers": [a for a, _ in attackers], "failed_items": failed,
             "complete": failed == 0}
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _fmt(p: dict) -> str:
