@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 REQUIRED_ROLES = ("persuader", "persuadee", "extractor")
 # The roles each recipe's clients address (serve.roles must name a model for each).
-RECIPE_ROLES = {"pbt": REQUIRED_ROLES, "redteam": ("attacker", "judge")}
+RECIPE_ROLES = {"pbt": REQUIRED_ROLES, "redteam": ("attacker", "judge"), "advisor": ("advisor", "receiver", "extractor")}
 
 
 class ConfigError(ValueError):
@@ -643,10 +643,43 @@ class RedteamConfig(_Strict):
     seed: int = Field(12, description="Seed of the held-out split and the replay sample.")
 
 
+class AdvisorConfig(_Strict):
+    """`recipe: advisor`, a small advisor that persuades a frozen receiver (RECIPES.md section 2; pbt_ray/advisor/)."""
+
+    questions: list[str] = Field(
+        default_factory=lambda: ["bundled:commonsense", "generated:arithmetic"],
+        description="Question sources (the question-source mechanism: bundled:, a file, hf:<dataset>:<config>:<split> "
+        "such as hf:openai/gsm8k:main:test), plus generated:arithmetic (items with computed answers). A question whose "
+        "answers are all numbers is checked by the numeric rule, any other by the project's matcher.")
+    arithmetic_items: PositiveInt = Field(60, description="generated:arithmetic: how many items.")
+    held_out_fraction: float = Field(0.4, gt=0, lt=1, description="Share of the questions never in an episode (seeded).")
+    limit: PositiveInt | None = Field(None, description="Train questions per round at most (None: all).")
+    eval_limit: PositiveInt | None = Field(None, description="Held-out questions evaluated at most (None: all).")
+    receivers: list[str] = Field(
+        default_factory=lambda: ["receiver"], min_length=1,
+        description="The frozen receivers of the episodes (roles or served ids): a signal's utility is averaged over "
+        "them, so it has to help receivers in general.")
+    unseen_receiver: str | None = Field(
+        None, description="A receiver (role or served id) never used in training, also evaluated (None: none).")
+    signals: PositiveInt = Field(4, description="Advisor signals per question per round (K).")
+    answers: PositiveInt = Field(3, description="Receiver answers per question and signal (n; sampled).")
+    receiver_temperature: float = Field(0.7, ge=0, le=2, description="Receiver sampling temperature in episodes "
+                                        "(the evaluation answers greedily).")
+    advisor_temperature: float = Field(1.0, ge=0, le=2, description="Advisor sampling temperature in episodes "
+                                       "(the evaluation's signals are greedy).")
+    max_tokens: PositiveInt = Field(96, description="New tokens of a receiver's answer.")
+    signal_max_tokens: PositiveInt = Field(48, description="New tokens of an advisor's signal.")
+    min_gap: float = Field(0.25, gt=0, le=2, description="DPO pair: highest minus lowest utility at least this.")
+    sft: bool = Field(False, description="SFT on the positive-utility signals before DPO (then DPO's reference is "
+                      "the SFT model, not the previous round's advisor).")
+    concurrency: PositiveInt = Field(32, description="Requests in flight at once.")
+    seed: int = Field(12, description="Seed of the held-out split and the generated items.")
+
+
 class PBTConfig(_Strict):
-    recipe: Literal["pbt", "redteam"] = Field(
+    recipe: Literal["pbt", "redteam", "advisor"] = Field(
         "pbt", description="What `pbt run` runs: pbt (persuasion-balanced training), redteam (attacker <-> judge "
-        "fine-tuning, RECIPES.md section 1). Each is a declaration of stages over the shared parts (pbt_ray/recipes.py).")
+        "fine-tuning, RECIPES.md section 1), advisor (a small advisor persuading a frozen receiver, section 2). Each is a declaration of stages over the shared parts (pbt_ray/recipes.py).")
     name: str = Field("local", description="Run name; the run directory is <runs_dir>/<name>.")
     runs_dir: str = Field(
         "runs", description="Parent directory of run directories: a local path, a file:// URI, or an object-store URI "
@@ -667,6 +700,7 @@ class PBTConfig(_Strict):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     redteam: RedteamConfig = Field(default_factory=RedteamConfig)
+    advisor: AdvisorConfig = Field(default_factory=AdvisorConfig)
     rounds: PositiveInt = Field(
         1, description="Rounds of the loop (`pbt run`). Round k >= 2 serves round k-1's trained model (merged) as the "
         "debater roles in feed_roles, grows and mines new trees with it under <run dir>/round-k, trains a new adapter "

@@ -196,4 +196,13 @@ def _map_hub_row(name: str, row: dict[str, Any]) -> Question:
         aliases = [answer.get("value"), *answer.get("aliases", [])]
         unique = list(dict.fromkeys(a for a in aliases if a))
         return Question(id=row["question_id"], question=row["question"], answers=unique, source=name)
-    raise QuestionFileError(f"Rows of {name} are neither TriviaQA nor CommonsenseQA shaped; export them to our schema.")
+    if isinstance(row.get("answer"), str) and "####" in row["answer"] and "question" in row:  # openai/gsm8k
+        import hashlib
+
+        final = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        key = hashlib.sha1(row["question"].encode()).hexdigest()[:12]
+        return Question(id=f"gsm8k-{key}", question=row["question"], answers=[final], source=name)
+    if "problem" in row and "answer" in row and "unique_id" in row:  # HuggingFaceH4/MATH-500
+        return Question(id=str(row["unique_id"]), question=row["problem"], answers=[str(row["answer"])], source=name)
+    raise QuestionFileError(f"Rows of {name} are neither TriviaQA, CommonsenseQA, GSM8K nor MATH-500 shaped; export "
+                            "them to our schema.")

@@ -156,7 +156,12 @@ def registry() -> dict[str, Callable[[], Recipe]]:
 
         return RECIPE
 
-    return {"redteam": redteam}
+    def advisor() -> Recipe:
+        from pbt_ray.advisor.recipe import RECIPE
+
+        return RECIPE
+
+    return {"redteam": redteam, "advisor": advisor}
 
 
 def recipe_of(cfg: PBTConfig) -> Recipe | None:
