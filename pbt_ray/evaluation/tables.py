@@ -17,7 +17,7 @@ from typing import Any
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:8px 0 20px;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;
-text-align:left;vertical-align:top}td:first-child{white-space:nowrap}th{background:#f3f3f3}td.num{white-space:nowrap}.note{color:#555;max-width:900px}
+text-align:left;vertical-align:top}td:first-child{white-space:nowrap}th{background:#f3f3f3}td.num{min-width:9em}.note{color:#555;max-width:900px}
 img{max-width:100%}"""
 
 
