@@ -15,7 +15,6 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pbt_ray.config import PBTConfig
 from pbt_ray.stages import Stage, StageState, downstream, fingerprint, stage_named, status
@@ -149,6 +148,49 @@ def run_recipe(cfg: PBTConfig, recipe: Recipe, log=print, from_stage: str | None
     return 0 if ok else 1
 
 
+# ---- shared by the recipes' stage functions -------------------------------------------------------------------
+
+def chat_client(cfg: PBTConfig, url: str):
+    """(raw client to close, retrying client): the OpenAI client every recipe stage uses against the app, as the
+    evaluations do: a deadline per request, waiting through a replica restart (serving/retry.py), the app's token."""
+    from pbt_ray.serving.auth import client_key
+    from pbt_ray.serving.chat_format import chat_formats
+    from pbt_ray.serving.client import ChatClient
+    from pbt_ray.serving.retry import RetryingClient, RetryPolicy
+
+    raw = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, formats=chat_formats(cfg),
+                     api_key=client_key(cfg.serve), max_retries=0)
+    return raw, RetryingClient(raw, RetryPolicy(window_s=cfg.serve.retry_window_s))
+
+
+def set_aside(role_dir: Path, log, names: tuple[str, ...] = ("adapter", "merged")) -> None:
+    """A role's older adapter (and its merged model) is not this round's data: moved aside, never deleted."""
+    import time
+
+    for name in names:
+        path = role_dir / name
+        if path.exists():
+            aside = path.with_name(f"{name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.rename(aside)
+            log(f"[pbt] {path} came from other data; moved aside to {aside}")
+
+
+def adapter_digest(role_dir: Path) -> str | None:
+    from pbt_ray.stages import files_digest
+
+    return files_digest([role_dir / "adapter" / f for f in ("adapter_config.json", "adapter_model.safetensors")])
+
+
+def run_output(step: Step, name: str) -> str | None:
+    """The digest of the stages every recipe ends with, which write under the run directory: eval, report."""
+    from pbt_ray.stages import files_digest
+
+    top = step.cfg.run_dir
+    if name == "eval":
+        return files_digest(list((top / "eval").rglob("metrics.json")))
+    return files_digest([top / "report" / "report.json"])
+
+
 def registry() -> dict[str, Callable[[], Recipe]]:
     """recipe name -> its declaration (imported lazily: a recipe's modules load only when it runs)."""
     def redteam() -> Recipe:
@@ -168,6 +210,3 @@ def recipe_of(cfg: PBTConfig) -> Recipe | None:
     """The declaration ``cfg.recipe`` names; None for pbt (:mod:`pbt_ray.loop`)."""
     return None if cfg.recipe == "pbt" else registry()[cfg.recipe]()
 
-
-def describe(info: Any) -> str:
-    return ", ".join(f"{k} {v}" for k, v in info.items()) if isinstance(info, dict) else str(info)

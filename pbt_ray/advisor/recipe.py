@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 
 from pbt_ray.config import PBTConfig
-from pbt_ray.recipes import Recipe, Step, round_dir
+from pbt_ray.recipes import Recipe, Step, adapter_digest, round_dir, run_output, set_aside
 from pbt_ray.stages import Stage, _SERVE_OPS, files_digest
 
 _TRAIN_OPS = tuple(f"train.{f}" for f in (
@@ -92,9 +92,9 @@ def receivers(cfg: PBTConfig, serve_cfg: PBTConfig) -> list[str]:
 
 def open_table(cfg: PBTConfig, serve_cfg: PBTConfig, url: str):
     from pbt_ray.advisor.generate import Table
-    from pbt_ray.redteam.generate import open_client
+    from pbt_ray.recipes import chat_client
 
-    raw, client = open_client(serve_cfg, url)
+    raw, client = chat_client(serve_cfg, url)
     return raw, Table(client, cfg.advisor, serve_cfg.serve.roles["extractor"], cfg.extract.mode)
 
 
@@ -187,7 +187,6 @@ def role_config(cfg: PBTConfig, step: Step) -> PBTConfig:
 
 
 def _train(step: Step) -> dict:
-    from pbt_ray.redteam.recipe import _set_aside
     from pbt_ray.training.data import TrainDataError
     from pbt_ray.training.launch import prepare, train
 
@@ -197,7 +196,7 @@ def _train(step: Step) -> dict:
         plan = prepare(rcfg, data, log=step.log)
     except TrainDataError as exc:
         step.log(f"[pbt] advisor not trained this round: {exc}")
-        _set_aside(step.dir / "advisor", step.log)
+        set_aside(step.dir / "advisor", step.log)
         return {"skipped": str(exc)}
     metrics = train(rcfg, data, log=step.log, plan=plan, attempt=step.state.attempt("train"))
     info = {"adapter": metrics.get("adapter"), "global_step": metrics.get("global_step"),
@@ -226,16 +225,13 @@ def _run_stage(step: Step, name: str) -> dict | None:
 
 
 def _output(step: Step, name: str) -> str | None:
-    d, top = step.dir, step.cfg.run_dir
     if name == "episodes":
-        return files_digest([d / "episodes.parquet"])
+        return files_digest([step.dir / "episodes.parquet"])
     if name == "mine":
-        return files_digest(list((d / "advisor" / "data").rglob("*.parquet")))
+        return files_digest(list((step.dir / "advisor" / "data").rglob("*.parquet")))
     if name == "train":
-        return files_digest([d / "advisor" / "adapter" / f for f in ("adapter_config.json", "adapter_model.safetensors")])
-    if name == "eval":
-        return files_digest(list((top / "eval").rglob("metrics.json")))
-    return files_digest([top / "report" / "report.json"])
+        return adapter_digest(step.dir / "advisor")
+    return run_output(step, name)
 
 
 RECIPE = Recipe(name="advisor", stages=STAGES, run_stage=_run_stage, output=_output,

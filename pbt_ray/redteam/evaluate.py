@@ -71,6 +71,7 @@ def attacker_summary(rows: list[dict]) -> dict[str, Any]:
 
 def evaluate_round(cfg: PBTConfig, scfg: PBTConfig, url: str, k: int, log=print) -> dict[str, Any]:
     """Round k's judges and attackers (round 1 also the base ones) against the app ``scfg`` serves at ``url``."""
+    from pbt_ray.recipes import chat_client
     from pbt_ray.redteam import generate
     from pbt_ray.redteam.data import Item, transfer_items
     from pbt_ray.redteam.recipe import _items, model_id, round_dir
@@ -95,7 +96,7 @@ def evaluate_round(cfg: PBTConfig, scfg: PBTConfig, url: str, k: int, log=print)
 
     async def go() -> None:
         nonlocal failed
-        raw, client = generate.open_client(scfg, url)
+        raw, client = chat_client(scfg, url)
         arena = generate.Arena(client, rcfg, oracle_model=scfg.serve.roles.get("oracle"))
         hard_file = top / "hard_set.jsonl"
         try:

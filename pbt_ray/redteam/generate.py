@@ -28,18 +28,6 @@ def oracle(construction: str, text: str) -> tuple[str | None, list[str]]:
     return (construction if rule == construction else None), [f"construction:{construction}", f"keyword:{rule}"]
 
 
-def open_client(cfg, url: str):
-    """The retrying chat client every stage of the recipe uses (as the evaluations do)."""
-    from pbt_ray.serving.auth import client_key
-    from pbt_ray.serving.chat_format import chat_formats
-    from pbt_ray.serving.client import ChatClient
-    from pbt_ray.serving.retry import RetryingClient, RetryPolicy
-
-    raw = ChatClient(url, timeout_s=cfg.serve.request_timeout_s, formats=chat_formats(cfg),
-                     api_key=client_key(cfg.serve), max_retries=0)
-    return raw, RetryingClient(raw, RetryPolicy(window_s=cfg.serve.retry_window_s))
-
-
 def majority(votes: list[str | None]) -> str | None:
     """The label more than half of the votes name; None without one (an unreadable vote names none)."""
     for label in ("problematic", "acceptable"):

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from pbt_ray.config import PBTConfig
-from pbt_ray.recipes import Recipe, Step, round_dir
+from pbt_ray.recipes import Recipe, Step, adapter_digest, round_dir, run_output, set_aside
 from pbt_ray.stages import Stage, _SERVE_OPS, files_digest
 
 ROLES = ("judge", "attacker")
@@ -100,6 +100,7 @@ def _earlier_prompts(cfg: PBTConfig, k: int) -> list[str]:
 def _bouts(step: Step) -> dict:
     from tqdm.auto import tqdm
 
+    from pbt_ray.recipes import chat_client
     from pbt_ray.redteam import generate
     from pbt_ray.redteam.bouts import flag_near_duplicates, write_bouts
 
@@ -110,7 +111,7 @@ def _bouts(step: Step) -> dict:
     step.log(f"[pbt] bouts: {attacker} rewrites {len(items)} seed items x {rcfg.rewrites}; {judge} judges")
 
     async def go():
-        raw, client = generate.open_client(step.serve_cfg, step.url)
+        raw, client = chat_client(step.serve_cfg, step.url)
         try:
             arena = generate.Arena(client, rcfg, oracle_model=step.serve_cfg.serve.roles.get("oracle"))
             with tqdm(total=len(items) * rcfg.rewrites, desc="bouts", unit="bout") as bar:
@@ -190,7 +191,7 @@ def _train(step: Step) -> dict:
             plan = prepare(rcfg, data, log=step.log)
         except TrainDataError as exc:
             step.log(f"[pbt] {role} not trained this round: {exc}")
-            _set_aside(step.dir / role, step.log)
+            set_aside(step.dir / role, step.log)
             info[role] = {"skipped": str(exc)}
             continue
         metrics = train(rcfg, data, log=step.log, plan=plan, attempt=step.state.attempt("train"))
@@ -198,17 +199,6 @@ def _train(step: Step) -> dict:
                       "run_name": metrics.get("run_name"), "base_model": rcfg.train.base_model}
     (step.dir / "train.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
-
-
-def _set_aside(role_dir: Path, log) -> None:
-    import time
-
-    for name in ("adapter", "merged"):
-        path = role_dir / name
-        if path.exists():  # an older adapter is not this round's data: kept, out of the way
-            aside = path.with_name(f"{name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-            path.rename(aside)
-            log(f"[pbt] {path} came from other data; moved aside to {aside}")
 
 
 def _eval(step: Step) -> dict:
@@ -233,16 +223,15 @@ def _run_stage(step: Step, name: str) -> dict | None:
 
 
 def _output(step: Step, name: str) -> str | None:
-    d, top = step.dir, step.cfg.run_dir
+    d = step.dir
     if name == "bouts":
         return files_digest([d / "bouts.parquet"])
     if name == "mine":
         return files_digest(list((d / "judge" / "data").rglob("*.parquet")) + list((d / "attacker" / "data").rglob("*.parquet")))
     if name == "train":
-        return files_digest([d / r / "adapter" / f for r in ROLES for f in ("adapter_config.json", "adapter_model.safetensors")])
-    if name == "eval":
-        return files_digest(list((top / "eval").rglob("metrics.json")))
-    return files_digest([top / "report" / "report.json"])
+        digests = [adapter_digest(d / role) for role in ROLES]
+        return None if digests == [None, None] else "-".join(str(x) for x in digests)
+    return run_output(step, name)
 
 
 RECIPE = Recipe(name="redteam", stages=STAGES, run_stage=_run_stage, output=_output, serving=_serving,
