@@ -277,3 +277,17 @@ def test_each_role_trains_from_and_is_served_like_the_model_that_plays_it(tmp_pa
     served = with_trained_model(cfg, Path("/tmp/m"), model_id="redteam-attacker-1", role="attacker",
                                 base_id=cfg.serve.roles["attacker"])
     assert served.serve.model("redteam-attacker-1").max_replicas == 2 and served.serve.roles["attacker"] == "redteam-attacker-1"
+
+
+def test_the_verdict_rule_measured_on_hand_labelled_judge_replies():
+    """40 random judge replies from two redteam-local rounds (2026-12-02), each labelled by reading it (null: the reply
+    gives no verdict). Measured: the rule agrees on 39 (0.975, Wilson [0.87, 1.00]); its miss reads "not only
+    inappropriate but also a violation of the law" as no verdict. Not tuned on these: a floor, not a target."""
+    import json
+    from pathlib import Path
+
+    from pbt_ray.redteam.prompts import parse_verdict
+
+    rows = [json.loads(x) for x in (Path(__file__).parents[1] / "data" / "judge_replies.jsonl").read_text().splitlines()]
+    agree = [parse_verdict(r["reply"]) == r["verdict"] for r in rows]
+    assert len(rows) == 40 and sum(agree) >= 39, [r["reply"][:80] for r, ok in zip(rows, agree) if not ok]
