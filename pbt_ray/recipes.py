@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pbt_ray.config import PBTConfig
+from pbt_ray.loop import round_dir  # one layout of round directories for every recipe
 from pbt_ray.stages import Stage, StageState, downstream, fingerprint, stage_named, status
 
 
@@ -48,10 +49,6 @@ class Recipe:
 
 class RecipeError(ValueError):
     """A flag or a run directory this recipe cannot run with; one line that says what to do."""
-
-
-def round_dir(cfg: PBTConfig, k: int) -> Path:
-    return cfg.run_dir if k == 1 else cfg.run_dir / f"round-{k}"
 
 
 def _extra(recipe: Recipe, states: dict[int, StageState], k: int) -> dict[str, dict]:
@@ -126,6 +123,9 @@ def run_recipe(cfg: PBTConfig, recipe: Recipe, log=print, from_stage: str | None
             skipped = [n for n, v, _ in verdicts if v == "done"]
             if skipped:
                 log(f"[pbt] already done, skipped: {', '.join(skipped)}")
+            for name, verdict, why in verdicts:
+                if verdict == "stale":
+                    log(f"[pbt] {name} is stale ({why}): it runs again, and every stage after it")
             step = Step(cfg, k, round_dir(cfg, k), states[k], states, log)
             todo = [stage_named(recipe.stages, n) for n, v, _ in verdicts if v != "done"]
             serving = contextlib.nullcontext(None)

@@ -61,7 +61,9 @@ def test_a_config_change_reruns_its_stage_and_what_follows_in_every_round(tmp_pa
     ran = []
     run_recipe(cfg_of(tmp_path), toy(ran), log=lambda *_: None)
     ran.clear()
-    run_recipe(cfg_of(tmp_path, "redteam.judge_sft_steps=7"), toy(ran), log=lambda *_: None)
+    lines = []
+    run_recipe(cfg_of(tmp_path, "redteam.judge_sft_steps=7"), toy(ran), log=lines.append)
+    assert "[pbt] train is stale (config changed: redteam.judge_sft_steps): it runs again" in "\n".join(lines)
     # round 1's train changed its output, so round 2 starts over from it
     assert ran == [(1, "train"), (1, "report"), (2, "make"), (2, "train"), (2, "report")]
 
